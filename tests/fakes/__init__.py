@@ -1,0 +1,1 @@
+"""Local fake servers the tests talk to over real sockets."""
