@@ -22,3 +22,43 @@ def other_host_server():
 
     with FileServer("127.0.0.2") as server:
         yield server
+
+
+# ---- fake Hugging Face Hub (tests/fakes/hub.py) -----------------------------------------
+
+@pytest.fixture
+def fake_hub():
+    """A fake Hub on 127.0.0.1 with its LFS CDN on 127.0.0.2 (random ports), stopped after the test."""
+    from fakes.hub import FakeHub
+
+    with FakeHub() as hub:
+        yield hub
+
+
+@pytest.fixture
+def hf_env(fake_hub, tmp_path, monkeypatch):
+    """Point `huggingface_hub` (this process) and modelpull's Hugging Face provider at `fake_hub`.
+
+    huggingface_hub reads its endpoint, cache and offline flag at import time, so the
+    constants module is patched as well as the environment. No token from the machine leaks
+    in. Yields the Hub cache folder.
+    """
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-home" / "hub"
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.endpoint)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    monkeypatch.setattr(constants, "ENDPOINT", fake_hub.endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        fake_hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    yield cache

@@ -1,0 +1,68 @@
+"""Configuration's one home: defaults that work on a laptop, overridden by MODELPULL_* variables.
+
+The library reads `Settings.from_env()` for its defaults; the server adds its own flags on
+top of the same object. Every field and its variable is listed in the README's table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+ENV_PREFIX = "MODELPULL_"
+MiB = 1024 * 1024
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(ENV_PREFIX + name)
+    if raw is None:
+        return default
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclasses.dataclass
+class Settings:
+    """Every setting modelpull has, for the library, the CLI and the server."""
+
+    # Library / transfer defaults.
+    home: Path = Path("./models")  # MODELPULL_HOME: where downloads land
+    connections: int = 8  # MODELPULL_CONNECTIONS: connections per large file
+    multipart_threshold: int = 64 * MiB  # MODELPULL_MULTIPART_THRESHOLD: bytes before splitting
+    stall_timeout: float = 30.0  # MODELPULL_STALL_TIMEOUT: seconds without a byte = stall
+    max_retries: int = 5  # MODELPULL_MAX_RETRIES: per failing connection, without progress
+    # Server.
+    host: str = "127.0.0.1"  # MODELPULL_HOST
+    port: int = 8080  # MODELPULL_PORT
+    database: Path | None = None  # MODELPULL_DATABASE: SQLite file (default <home>/.modelpull/state.db)
+    max_active_jobs: int = 3  # MODELPULL_MAX_ACTIVE_JOBS
+    max_connections_per_host: int = 16  # MODELPULL_MAX_CONNECTIONS_PER_HOST
+    api_key: str | None = None  # MODELPULL_API_KEY: every route but /health needs Bearer <key>
+    retention_seconds: float = 3600.0  # MODELPULL_RETENTION_SECONDS: how long finished jobs stay
+    allow_private_urls: bool = False  # MODELPULL_ALLOW_PRIVATE_URLS: loopback/private ranges allowed
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        database = _env("DATABASE", "")
+        return cls(
+            home=Path(_env("HOME", "./models")),
+            connections=int(_env("CONNECTIONS", "8")),
+            multipart_threshold=int(_env("MULTIPART_THRESHOLD", str(64 * MiB))),
+            stall_timeout=float(_env("STALL_TIMEOUT", "30")),
+            max_retries=int(_env("MAX_RETRIES", "5")),
+            host=_env("HOST", "127.0.0.1"),
+            port=int(_env("PORT", "8080")),
+            database=Path(database) if database else None,
+            max_active_jobs=int(_env("MAX_ACTIVE_JOBS", "3")),
+            max_connections_per_host=int(_env("MAX_CONNECTIONS_PER_HOST", "16")),
+            api_key=os.environ.get(ENV_PREFIX + "API_KEY") or None,
+            retention_seconds=float(_env("RETENTION_SECONDS", "3600")),
+            allow_private_urls=_env_bool("ALLOW_PRIVATE_URLS", False),
+        )
+
+    @property
+    def database_path(self) -> Path:
+        return self.database or (self.home / ".modelpull" / "state.db")

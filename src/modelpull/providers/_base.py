@@ -1,0 +1,37 @@
+"""The one seam every source goes through."""
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, AsyncIterator, ClassVar
+
+from .._plan import DownloadRequest, Plan
+from .._progress import DownloadProgress
+
+if TYPE_CHECKING:
+    from .._run import RunContext
+
+
+class Provider(abc.ABC):
+    """A source of models.
+
+    Most providers only implement `plan()`; the transfer engine moves the bytes. A provider
+    whose bytes are moved by someone else (Ollama through its own server) overrides
+    `stream()` instead.
+    """
+
+    name: ClassVar[str]
+    # Provider-specific options accepted in download_model(**options); anything else that
+    # is not a transfer option is refused with a clear error.
+    option_names: ClassVar[frozenset[str]] = frozenset()
+
+    async def plan(self, request: DownloadRequest, context: "RunContext") -> Plan:
+        """Resolve `request` into the files to fetch. Raise ModelPullError subclasses."""
+        raise NotImplementedError
+
+    def stream(self, request: DownloadRequest, context: "RunContext") -> AsyncIterator[DownloadProgress]:
+        """Progress items after STARTING, ending with COMPLETE. Default: plan, then transfer."""
+        return context.plan_and_execute(self, request)
+
+    def describe(self, request: DownloadRequest) -> str:
+        """How the STARTING message names this download."""
+        return f"{request.model} from {self.name}"

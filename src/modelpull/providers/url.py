@@ -1,0 +1,192 @@
+"""Plain http(s) URLs: one file, named from Content-Disposition or the URL path."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import unicodedata
+from email.message import Message
+from pathlib import Path
+from urllib.parse import unquote
+
+import aiohttp
+from yarl import URL
+
+from .._errors import InvalidRequest
+from .._plan import DownloadRequest, Plan, PlannedFile
+from ..transfer import partial_paths, public_url
+from ..transfer._http import open_following_redirects, permanent_status_error
+from ._base import Provider
+
+MAX_NAME_BYTES = 200
+SOURCES_DIR = Path(".modelpull") / "sources"  # inside the destination folder
+
+
+class UrlProvider(Provider):
+    """A file at an http(s) URL. Options: `dest` (folder), `filename` (forced name)."""
+
+    name = "url"
+    option_names = frozenset({"dest", "filename"})
+
+    def describe(self, request: DownloadRequest) -> str:
+        return public_url(request.model)
+
+    async def plan(self, request: DownloadRequest, context) -> Plan:
+        url = _checked_url(request.model)
+        headers = {"Authorization": f"Bearer {request.token}"} if request.token else {}
+        directory = Path(request.options.get("dest") or request.models_dir).expanduser()
+        size, disposition_name = await _peek(context.session, url, headers, context.transfer.connect_timeout)
+        forced = request.options.get("filename")
+        name = sanitize_filename(forced) if forced else (disposition_name or suggest_filename(url))
+        sources = _SourceBook(directory)
+        dest, present = sources.claim(name, url, size, request.transfer.sha256)
+        file = PlannedFile(
+            url=url, dest=dest, name=dest.name, size=size, sha256=request.transfer.sha256,
+            headers=headers, present=present,
+        )
+
+        async def finalize() -> None:
+            sources.record(dest.name, url, dest.stat().st_size, request.transfer.sha256)
+
+        return Plan(label=dest.name, files=[file], local_path=dest, finalize=finalize)
+
+
+def _checked_url(text: str) -> str:
+    try:
+        url = URL(text.strip())
+    except (ValueError, TypeError):
+        raise InvalidRequest(f"'{text}' is not a valid URL") from None
+    if url.scheme not in ("http", "https"):
+        raise InvalidRequest(f"unsupported URL scheme '{url.scheme or '(none)'}': use an http:// or https:// URL")
+    if not url.host:
+        raise InvalidRequest(f"'{public_url(text)}' has no host name")
+    return str(url)
+
+
+async def _peek(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], timeout: float
+) -> tuple[int | None, str | None]:
+    """Size and Content-Disposition name from a HEAD, when the server answers one usefully.
+
+    A source that refuses HEAD (signed GET-only links) is left to the transfer, which finds
+    out everything from its first GET; only a clear 401/404/410 stops here.
+    """
+    client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+    try:
+        response, final = await _head_following_redirects(session, url, headers, client_timeout)
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None, None
+    response.release()
+    if response.status in (401, 404, 410):
+        raise permanent_status_error(response.status, final)
+    if response.status != 200:
+        return None, None
+    name = _disposition_name(response.headers.get("Content-Disposition"))
+    size = response.content_length
+    if response.headers.get("Content-Encoding", "identity") not in ("identity", ""):
+        size = None
+    return size, name
+
+
+async def _head_following_redirects(session, url, headers, timeout):
+    from ..transfer._http import MAX_REDIRECTS, REDIRECT_STATUSES, origin, strip_credentials
+
+    current = URL(url)
+    sent = dict(headers)
+    for _ in range(MAX_REDIRECTS + 1):
+        response = await session.head(current, headers=sent, allow_redirects=False, timeout=timeout)
+        if response.status not in REDIRECT_STATUSES or "Location" not in response.headers:
+            return response, current
+        response.release()
+        following = current.join(URL(response.headers["Location"]))
+        if origin(following) != origin(URL(url)):
+            sent = strip_credentials(sent)
+        current = following
+    return response, current
+
+
+def _disposition_name(header: str | None) -> str | None:
+    if not header:
+        return None
+    message = Message()
+    message["content-disposition"] = header
+    raw = message.get_filename()
+    if not raw:
+        return None
+    name = sanitize_filename(raw)
+    return None if name == "download" else name
+
+
+def suggest_filename(url: str) -> str:
+    """The file name a URL gets when its server gives none: the last path segment, made safe."""
+    segment = URL(url).raw_path.rstrip("/").rsplit("/", 1)[-1]
+    return sanitize_filename(unquote(segment))
+
+
+def sanitize_filename(raw: str) -> str:
+    """A name that stays inside its folder: no separators, no `..`, no control characters."""
+    name = unicodedata.normalize("NFC", str(raw))
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if unicodedata.category(c)[0] != "C")
+    name = name.strip().strip(".").strip()
+    if not name:
+        return "download"
+    encoded = name.encode()
+    if len(encoded) > MAX_NAME_BYTES:
+        stem, dot, suffix = name.rpartition(".")
+        suffix = f".{suffix}" if dot and len(suffix) <= 16 else ""
+        name = encoded[: MAX_NAME_BYTES - len(suffix.encode())].decode(errors="ignore") + suffix
+    return name
+
+
+class _SourceBook:
+    """Which URL each file in a folder came from, so two URLs never share one file."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.book = directory / SOURCES_DIR
+
+    def claim(self, name: str, url: str, size: int | None, sha256: str | None) -> tuple[Path, bool]:
+        """(destination, already complete) for `url`, taking a free name if `name` is another URL's."""
+        for candidate in (name, _disambiguated(name, url)):
+            dest = self.directory / candidate
+            record = self._read(candidate)
+            mine = record is not None and record.get("url_sha256") == _url_key(url)
+            if mine:
+                complete = (
+                    dest.is_file()
+                    and record.get("complete") is True
+                    and (size is None or dest.stat().st_size == size)
+                    and (sha256 is None or record.get("sha256") == sha256)
+                )
+                return dest, complete
+            taken = dest.exists() or any(p.exists() for p in partial_paths(dest))
+            if not taken:
+                self.record(candidate, url, None, None, complete=False)
+                return dest, False
+        raise InvalidRequest(f"cannot find a free file name for {public_url(url)} in {self.directory}")
+
+    def record(self, name: str, url: str, size: int | None, sha256: str | None, *, complete: bool = True) -> None:
+        self.book.mkdir(parents=True, exist_ok=True)
+        entry = {"url": public_url(url), "url_sha256": _url_key(url), "size": size, "sha256": sha256,
+                 "complete": complete}
+        path = self.book / f"{name}.json"
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entry))
+        os.replace(tmp, path)
+
+    def _read(self, name: str) -> dict | None:
+        try:
+            return json.loads((self.book / f"{name}.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+
+def _url_key(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()
+
+
+def _disambiguated(name: str, url: str) -> str:
+    stem, dot, suffix = name.rpartition(".")
+    tag = _url_key(url)[:8]
+    return f"{stem}-{tag}.{suffix}" if dot and stem else f"{name}-{tag}"

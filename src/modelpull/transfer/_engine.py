@@ -1,0 +1,549 @@
+"""The life of one file's download, top to bottom.
+
+    probe     GET bytes=0-<piece>: size, validators, whether ranges work (its body is piece 0)
+    prepare   <dest>.part at full size, <dest>.part.state with the piece layout
+    fetch     pieces claimed in order by up to `connections` workers, each written at its offset;
+              a dropped or stalled connection resumes its piece, 5xx/429 back off and retry
+    verify    size always; sha256 / git sha1 computed while the bytes arrive (FollowingHasher)
+    commit    os.replace(<dest>.part, <dest>): the final path only ever holds a verified file
+
+An interrupted download (cancel, crash, SIGKILL) leaves the .part and .part.state behind and
+the next call resumes each piece where its counter says. The server answering a ranged
+request with 200, a changed ETag or a 416 means the partial data is not that file any more:
+it is discarded and the download restarts from zero, never appended to.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import random
+import shutil
+from pathlib import Path
+
+import aiohttp
+from yarl import URL
+
+from .._errors import (
+    ConnectionFailed,
+    DigestMismatch,
+    DiskFull,
+    ModelPullError,
+    NotEnoughSpace,
+    RateLimited,
+    ServerError,
+    SizeMismatch,
+    TransferError,
+)
+from .._plan import PlannedFile, TransferOptions
+from .._units import format_bytes
+from ._hasher import FollowingHasher
+from ._http import (
+    RETRYABLE_STATUSES,
+    open_following_redirects,
+    origin,
+    permanent_status_error,
+    public_url,
+    retry_after_seconds,
+    strip_credentials,
+)
+from ._progress import FileProgress
+from ._state import Layout, PieceState, partial_paths, remove_partial
+
+WRITE_CHUNK = 1024 * 1024  # bytes buffered before a pwrite (and a counter update)
+MAX_RETRY_AFTER = 300.0
+
+
+class _RestartFromZero(Exception):
+    """The partial data does not belong to the file the server has now."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt after `delay` seconds (None: use the backoff)."""
+
+    def __init__(self, error: ModelPullError, delay: float | None = None, stall: bool = False) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.delay = delay
+        self.stall = stall
+
+
+def check_disk_space(directory: Path, needed: int) -> None:
+    """NotEnoughSpace unless `directory`'s file system has `needed` bytes free."""
+    if needed <= 0:
+        return
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise NotEnoughSpace(
+            f"not enough disk space: need {format_bytes(needed)}, {format_bytes(free)} free in {directory}"
+        )
+
+
+async def fetch_file(
+    file: PlannedFile,
+    session: aiohttp.ClientSession,
+    options: TransferOptions,
+    progress: FileProgress,
+) -> None:
+    """Bring `file` to `file.dest`, complete and verified, or raise ModelPullError."""
+    if file.present:
+        progress.mark_present(file.size)
+        return
+    file.dest.parent.mkdir(parents=True, exist_ok=True)
+    restarts = 0
+    while True:
+        try:
+            await _FileTransfer(file, session, options, progress).run()
+            return
+        except _RestartFromZero as restart:
+            restarts += 1
+            remove_partial(file.dest)
+            if restarts > max(3, options.max_retries):
+                raise TransferError(
+                    f"gave up on {public_url(file.url)}: {restart.reason}, {restarts} times in a row",
+                    code="unstable_source",
+                ) from None
+            progress.restart(f"{restart.reason}; restarting {file.name} from zero")
+        except DigestMismatch:
+            remove_partial(file.dest)
+            raise
+
+
+class _FileTransfer:
+    def __init__(
+        self,
+        file: PlannedFile,
+        session: aiohttp.ClientSession,
+        options: TransferOptions,
+        progress: FileProgress,
+    ) -> None:
+        self.file = file
+        self.session = session
+        self.options = options
+        self.progress = progress
+        self.part_path, self.state_path = partial_paths(file.dest)
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=options.connect_timeout, sock_read=options.stall_timeout
+        )
+        self.url = URL(file.url)
+        self.resolved: URL | None = None  # where redirects led; reused by every piece
+        self.state: PieceState | None = None
+        self.fd = -1
+        self.hasher: FollowingHasher | None = None
+        self._contiguous = 0  # first piece not yet complete: the hashing watermark's piece
+
+    # -- the life cycle -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        probe: aiohttp.ClientResponse | None = None
+        try:
+            self.state = self._load_state()
+            if self.state is None:
+                probe = await self._probe()
+            self._open_data_file()
+            self._start_hasher()
+            self.progress.begin(self.state.layout.total, self.state.bytes_done)
+            await self._fetch_pieces(probe)
+            probe = None
+            await self._verify_and_commit()
+        finally:
+            if probe is not None:
+                probe.release()
+            if self.hasher is not None:
+                self.hasher.stop()
+            if self.fd >= 0:
+                os.close(self.fd)
+            if self.state is not None:
+                self.state.close()
+
+    def _load_state(self) -> PieceState | None:
+        if not self.part_path.exists():
+            remove_partial(self.file.dest)
+            return None
+        state = PieceState.load(self.state_path)
+        if state is None:
+            remove_partial(self.file.dest)
+            return None
+        layout = state.layout
+        if self.file.size is not None and layout.total is not None and layout.total != self.file.size:
+            state.close()
+            remove_partial(self.file.dest)
+            return None
+        return state
+
+    async def _probe(self) -> aiohttp.ClientResponse | None:
+        """First request: its headers decide the layout, its body is piece 0."""
+        piece_size = self.options.piece_size
+        response = await self._request_with_retries(0, f"bytes=0-{piece_size - 1}", if_range=None)
+        etag = response.headers.get("ETag")
+        last_modified = response.headers.get("Last-Modified")
+        if response.status == 206:
+            start, _, total = _content_range(response)
+            if start != 0 or total is None:
+                response.release()
+                raise TransferError(
+                    f"the server sent a malformed Content-Range for {public_url(self.url)}", code="bad_response"
+                )
+            layout = Layout(total=total, piece_size=piece_size, etag=etag, last_modified=last_modified)
+        elif response.status == 416:
+            total = _unsatisfied_total(response)
+            response.release()
+            if total != 0:
+                raise TransferError(
+                    f"the server refused the first byte range of {public_url(self.url)} (HTTP 416)",
+                    code="bad_response",
+                )
+            layout = Layout(total=0, piece_size=piece_size, etag=etag, last_modified=last_modified)
+            response = None  # type: ignore[assignment]
+        else:  # 200: no ranges; one piece, streamed from its start
+            total = response.content_length
+            layout = Layout(
+                total=total, piece_size=max(total or 0, 1), etag=etag, last_modified=last_modified, ranged=False
+            )
+        if self.file.size is not None and layout.total is not None and layout.total != self.file.size:
+            if response is not None:
+                response.release()
+            raise SizeMismatch(
+                f"{self.file.name}: the server has {layout.total} bytes, expected {self.file.size}"
+            )
+        if layout.total is not None:
+            check_disk_space(self.file.dest.parent, layout.total)
+        self.part_path.unlink(missing_ok=True)
+        self.state = PieceState.create(self.state_path, layout)
+        return response
+
+    def _open_data_file(self) -> None:
+        assert self.state is not None
+        self.fd = os.open(self.part_path, os.O_RDWR | os.O_CREAT, 0o644)
+        total = self.state.layout.total
+        if total is not None and os.fstat(self.fd).st_size != total:
+            try:
+                os.ftruncate(self.fd, total)
+            except OSError as exc:
+                raise self._disk_error(exc) from exc
+
+    def _start_hasher(self) -> None:
+        wants_sha256 = self.file.sha256 is not None
+        wants_sha1 = self.file.git_sha1 is not None and self.file.size is not None
+        if wants_sha256 or wants_sha1:
+            self.hasher = FollowingHasher(
+                self.fd, sha256=wants_sha256, git_sha1_size=self.file.size if wants_sha1 else None
+            )
+            self._advance_watermark()
+
+    async def _fetch_pieces(self, probe: aiohttp.ClientResponse | None) -> None:
+        assert self.state is not None
+        layout = self.state.layout
+        pending = [i for i in range(layout.piece_count) if not self._piece_complete(i)]
+        if not pending:
+            if probe is not None:
+                probe.release()
+            return
+        total = layout.total or 0
+        parallel = layout.ranged and total >= self.options.multipart_threshold
+        workers = min(self.options.connections, len(pending)) if parallel else 1
+        self._pending = pending
+        first_response = probe if (probe is not None and pending[0] == 0) else None
+        if probe is not None and first_response is None:
+            probe.release()
+        try:
+            async with asyncio.TaskGroup() as group:
+                for number in range(max(1, workers)):
+                    group.create_task(self._worker(first_response if number == 0 else None))
+        except BaseExceptionGroup as group_error:
+            raise _first_meaningful(group_error) from None
+
+    async def _worker(self, response: aiohttp.ClientResponse | None) -> None:
+        while self._pending:
+            index = self._pending.pop(0)
+            await self._fetch_piece(index, response)
+            response = None
+
+    async def _verify_and_commit(self) -> None:
+        assert self.state is not None
+        layout = self.state.layout
+        received = self.state.bytes_done
+        total = layout.total if layout.total is not None else received
+        if layout.total is None:
+            os.ftruncate(self.fd, received)
+        if received != total or os.fstat(self.fd).st_size != total:
+            raise SizeMismatch(f"{self.file.name}: received {received} bytes, expected {total}")
+        if self.file.size is not None and total != self.file.size:
+            remove_partial(self.file.dest)
+            raise SizeMismatch(f"{self.file.name}: received {total} bytes, expected {self.file.size}")
+        if self.hasher is not None:
+            self.progress.verifying()
+            digests = await asyncio.to_thread(self.hasher.finish, total)
+            self._check_digest("sha256", self.file.sha256, digests.get("sha256"))
+            self._check_digest("git sha1", self.file.git_sha1, digests.get("git_sha1"))
+        os.replace(self.part_path, self.file.dest)
+        self.state_path.unlink(missing_ok=True)
+        self.progress.complete(total)
+
+    def _check_digest(self, kind: str, expected: str | None, actual: str | None) -> None:
+        if expected is None or actual is None:
+            return
+        if actual.lower() != expected.lower():
+            prefix = "digest mismatch" if kind == "sha256" else f"{kind} mismatch"
+            raise DigestMismatch(
+                f"{prefix}: expected {expected.lower()}, got {actual} ({self.file.name}; the data was deleted, "
+                "download it again)"
+            )
+
+    # -- one piece --------------------------------------------------------------------------
+
+    def _piece_complete(self, index: int) -> bool:
+        assert self.state is not None
+        start, end = self.state.layout.piece_bounds(index)
+        return end is not None and self.state.done[index] >= end - start
+
+    async def _fetch_piece(self, index: int, response: aiohttp.ClientResponse | None) -> None:
+        """Bring one piece to disk, reconnecting where it stopped until it is whole."""
+        assert self.state is not None
+        start, end = self.state.layout.piece_bounds(index)
+        failures = 0
+        while True:
+            before = self.state.done[index]
+            offset = start + before
+            if end is not None and offset >= end:
+                return
+            try:
+                if response is None:
+                    byte_range = f"bytes={offset}-" if end is None else f"bytes={offset}-{end - 1}"
+                    response = await self._request(byte_range, if_range=self.state.layout.validator)
+                self._accept(response, offset)
+                try:
+                    await self._stream_into_piece(response, index, start, end)
+                except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+                    raise self._retryable_from(exc) from None
+                if end is None:  # size unknown: the stream's end is the file's end
+                    return
+                if self.state.done[index] < end - start:
+                    raise _Retryable(
+                        TransferError(f"the connection closed early while fetching {public_url(self.url)}",
+                                      code="connection_failed")
+                    )
+                return
+            except _Retryable as retry:
+                progressed = self.state.done[index] > before
+                if retry.stall and progressed:
+                    self.progress.note(f"no data for {self.options.stall_timeout:g} s; reconnecting")
+                    failures = 0
+                else:
+                    failures = 0 if progressed else failures + 1
+                    if failures > self.options.max_retries:
+                        raise retry.error from None
+                    await self._back_off(retry, failures)
+            finally:
+                if response is not None:
+                    response.release()
+                    response = None
+
+    def _accept(self, response: aiohttp.ClientResponse, offset: int) -> None:
+        """Check that `response` carries this file's bytes from `offset`, or decide what to do."""
+        assert self.state is not None
+        layout = self.state.layout
+        status = response.status
+        if status == 206:
+            start, _, total = _content_range(response)
+            if start != offset or (layout.total is not None and total is not None and total != layout.total):
+                raise _RestartFromZero("the server's file changed (its size or range differs)")
+            etag = response.headers.get("ETag")
+            if layout.etag and etag and etag != layout.etag:
+                raise _RestartFromZero("the file changed on the server (new ETag)")
+            return
+        if status == 200:
+            if offset == 0 and layout.piece_count == 1:
+                return
+            if layout.validator and response.headers.get("ETag", layout.etag) != layout.etag:
+                raise _RestartFromZero("the file changed on the server (new ETag)")
+            raise _RestartFromZero("the server ignored the range request (HTTP 200)")
+        if status == 416:
+            raise _RestartFromZero("the server no longer has the range asked for (HTTP 416), the partial data is stale")
+        raise self._status_failure(response)
+
+    async def _stream_into_piece(
+        self, response: aiohttp.ClientResponse, index: int, piece_start: int, piece_end: int | None
+    ) -> None:
+        assert self.state is not None
+        buffer = bytearray()
+        written = self.state.done[index]
+        limit = None if piece_end is None else piece_end - piece_start
+        reader = response.content
+        while True:
+            chunk = await reader.readany()
+            if not chunk:
+                break
+            buffer += chunk
+            if limit is not None and written + len(buffer) > limit:
+                if self.state.layout.piece_count == 1:
+                    raise SizeMismatch(f"{self.file.name}: the server sent more than {limit} bytes")
+                del buffer[limit - written :]
+            if len(buffer) >= WRITE_CHUNK or (limit is not None and written + len(buffer) >= limit):
+                written = self._write(index, piece_start, written, buffer)
+                buffer = bytearray()
+                if limit is not None and written >= limit:
+                    break
+        if buffer:
+            self._write(index, piece_start, written, buffer)
+
+    def _write(self, index: int, piece_start: int, written: int, data: bytearray) -> int:
+        assert self.state is not None
+        try:
+            os.pwrite(self.fd, data, piece_start + written)
+        except OSError as exc:
+            raise self._disk_error(exc) from exc
+        written += len(data)
+        self.state.record(index, written)
+        self.progress.add(len(data))
+        if self.hasher is not None and index == self._contiguous:
+            self._advance_watermark()
+        return written
+
+    def _advance_watermark(self) -> None:
+        assert self.state is not None and self.hasher is not None
+        layout = self.state.layout
+        while self._contiguous < layout.piece_count and self._piece_complete(self._contiguous):
+            self._contiguous += 1
+        if self._contiguous >= layout.piece_count:
+            self.hasher.advance(layout.total or self.state.bytes_done)
+        else:
+            start, _ = layout.piece_bounds(self._contiguous)
+            self.hasher.advance(start + self.state.done[self._contiguous])
+
+    def _disk_error(self, exc: OSError) -> ModelPullError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFull(
+                f"disk full while writing {self.file.dest.name} in {self.file.dest.parent}: free some space and "
+                "run the same download again to resume (the partial data is kept)"
+            )
+        return TransferError(f"cannot write {self.part_path}: {exc.strerror}", code="disk_error")
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def _request(self, byte_range: str, if_range: str | None) -> aiohttp.ClientResponse:
+        headers = dict(self.file.headers)
+        headers["Range"] = byte_range
+        if if_range:
+            headers["If-Range"] = if_range
+        target = self.resolved or self.url
+        if self.resolved is not None and origin(self.resolved) != origin(self.url):
+            headers = strip_credentials(headers)
+        try:
+            response, final = await open_following_redirects(self.session, str(target), headers, timeout=self.timeout)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+            raise self._retryable_from(exc) from None
+        if self.resolved is not None and response.status in (401, 403, 404, 410) and target != self.url:
+            # A signed CDN link may have expired: ask the origin again once.
+            response.release()
+            self.resolved = None
+            return await self._request(byte_range, if_range)
+        self.resolved = final
+        return response
+
+    async def _request_with_retries(self, index: int, byte_range: str, if_range: str | None) -> aiohttp.ClientResponse:
+        failures = 0
+        while True:
+            try:
+                response = await self._request(byte_range, if_range)
+                if response.status in (200, 206, 416):
+                    return response
+                raise self._status_failure(response)
+            except _Retryable as retry:
+                failures += 1
+                if failures > self.options.max_retries:
+                    raise retry.error from None
+                await self._back_off(retry, failures)
+
+    def _status_failure(self, response: aiohttp.ClientResponse) -> Exception:
+        status = response.status
+        where = public_url(response.url)
+        response.release()
+        if status in RETRYABLE_STATUSES:
+            delay = retry_after_seconds(response.headers)
+            if status == 429:
+                error: ModelPullError = RateLimited(
+                    f"rate limited by {URL(where).host} (HTTP 429) after {self.options.max_retries} retries; "
+                    "try again later"
+                )
+            else:
+                error = ServerError(
+                    f"the server failed (HTTP {status}) for {where} after {self.options.max_retries} retries"
+                )
+            return _Retryable(error, delay=None if delay is None else min(delay, MAX_RETRY_AFTER))
+        return permanent_status_error(status, where, response.reason or "")
+
+    def _retryable_from(self, exc: BaseException) -> _Retryable:
+        stall = isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError))
+        host = URL(public_url(self.resolved or self.url)).host
+        if stall:
+            error: ModelPullError = ConnectionFailed(
+                f"no data from {host} for {self.options.stall_timeout:g} s, after {self.options.max_retries} retries"
+            )
+        else:
+            detail = str(exc) or exc.__class__.__name__
+            error = ConnectionFailed(
+                f"cannot download from {host}: {detail} (after {self.options.max_retries} retries); "
+                "check the network or the URL"
+            )
+        return _Retryable(error, stall=stall)
+
+    async def _back_off(self, retry: _Retryable, failures: int) -> None:
+        if retry.delay is not None:
+            delay = retry.delay
+        else:
+            base = self.options.retry_backoff * (2 ** (failures - 1))
+            delay = min(self.options.retry_max_delay, base) * (0.5 + random.random() / 2)
+        self.progress.note(f"{retry.error.message.split(' after ')[0]}; retrying in {delay:.1f} s "
+                           f"({failures}/{self.options.max_retries})")
+        await asyncio.sleep(delay)
+
+
+def _content_range(response: aiohttp.ClientResponse) -> tuple[int, int, int | None]:
+    """(start, end inclusive, total or None) from `Content-Range: bytes a-b/N`."""
+    raw = response.headers.get("Content-Range", "")
+    try:
+        unit, _, spec = raw.partition(" ")
+        span, _, total = spec.partition("/")
+        first, _, last = span.partition("-")
+        if unit.strip().lower() != "bytes":
+            raise ValueError
+        return int(first), int(last), (None if total.strip() == "*" else int(total))
+    except ValueError:
+        return -1, -1, None
+
+
+def _unsatisfied_total(response: aiohttp.ClientResponse) -> int | None:
+    raw = response.headers.get("Content-Range", "")
+    if raw.startswith("bytes */"):
+        try:
+            return int(raw[len("bytes */"):])
+        except ValueError:
+            return None
+    return None
+
+
+def _first_meaningful(group: BaseExceptionGroup) -> BaseException:
+    """The exception that made a TaskGroup fail (its siblings were merely cancelled)."""
+    leaves: list[BaseException] = []
+
+    def collect(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                collect(inner)
+        else:
+            leaves.append(error)
+
+    collect(group)
+    for kind in (_RestartFromZero, ModelPullError):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0]

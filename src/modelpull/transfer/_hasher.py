@@ -1,0 +1,83 @@
+"""Digests computed while the file arrives, on another core.
+
+Pieces are claimed in order, so the written prefix of the file grows steadily. A thread
+follows that prefix (the watermark), reading what the event loop has just written back from
+the page cache; hashlib releases the GIL, so hashing overlaps the download and only the last
+few pieces remain to hash once the last byte lands.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+_BLOCK = 4 * 1024 * 1024
+
+
+class FollowingHasher:
+    """sha256 and/or git-blob sha1 of a file, fed up to a moving watermark."""
+
+    def __init__(self, fd: int, *, sha256: bool, git_sha1_size: int | None) -> None:
+        self._fd = fd
+        self._hashers: dict[str, "hashlib._Hash"] = {}
+        if sha256:
+            self._hashers["sha256"] = hashlib.sha256()
+        if git_sha1_size is not None:
+            sha1 = hashlib.sha1()
+            sha1.update(b"blob %d\0" % git_sha1_size)
+            self._hashers["git_sha1"] = sha1
+        self._hashed = 0
+        self._target = 0
+        self._final: int | None = None
+        self._error: BaseException | None = None
+        self._stopped = False
+        self._cond = threading.Condition()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="modelpull-hash", daemon=True)
+        self._thread.start()
+
+    def advance(self, watermark: int) -> None:
+        """Bytes [0, watermark) are on disk and may be hashed."""
+        if watermark > self._target:
+            with self._cond:
+                self._target = watermark
+                self._cond.notify()
+
+    def finish(self, total: int) -> dict[str, str]:
+        """Block until the first `total` bytes are hashed; the hex digests. Call in a thread."""
+        with self._cond:
+            self._target = max(self._target, total)
+            self._final = total
+            self._cond.notify()
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return {name: h.hexdigest() for name, h in self._hashers.items()}
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while self._hashed >= self._target and not self._stopped:
+                        if self._final is not None and self._hashed >= self._final:
+                            return
+                        self._cond.wait()
+                    if self._stopped:
+                        return
+                    target = self._target
+                while self._hashed < target:
+                    block = os.pread(self._fd, min(_BLOCK, target - self._hashed), self._hashed)
+                    if not block:
+                        raise OSError("partial file is shorter than its recorded progress")
+                    for hasher in self._hashers.values():
+                        hasher.update(block)
+                    self._hashed += len(block)
+        except BaseException as exc:  # surfaced by finish()
+            self._error = exc
+        finally:
+            self._done.set()
