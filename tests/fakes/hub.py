@@ -273,7 +273,7 @@ class FakeHub(BackgroundServer):
         if self._external_cdn is None:
             self._cdn_runner = web.AppRunner(self._make_cdn_app(), access_log=None, shutdown_timeout=1.0)
             await self._cdn_runner.setup()
-            site = web.TCPSite(self._cdn_runner, CDN_HOST, 0, shutdown_timeout=1.0)
+            site = web.TCPSite(self._cdn_runner, CDN_HOST, 0)
             await site.start()
             self.cdn_port = self._cdn_runner.addresses[0][1]
 
