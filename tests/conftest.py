@@ -62,3 +62,23 @@ def hf_env(fake_hub, tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
     yield cache
+
+
+# ---- fake Ollama registry and server (tests/fakes/ollama.py) ----------------------------
+
+@pytest.fixture
+def fake_ollama_registry():
+    """A fake registry.ollama.ai on 127.0.0.1 whose blobs redirect to a CDN on 127.0.0.2."""
+    from fakes.ollama import FakeOllamaRegistry
+
+    with FakeOllamaRegistry() as registry:
+        yield registry
+
+
+@pytest.fixture
+def fake_ollama_server():
+    """A fake `ollama serve` on 127.0.0.1 with fast progress ticks (5 ms instead of 60)."""
+    from fakes.ollama import FakeOllamaServer
+
+    with FakeOllamaServer(interval=0.005) as server:
+        yield server

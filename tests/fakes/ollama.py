@@ -253,12 +253,15 @@ class LoggedRequest:
     body: Any = None  # the parsed JSON body (Ollama server)
 
 
+_LOG_ENTRY = web.RequestKey("log_entry", LoggedRequest)
+
+
 def _logging_middleware(log: list[LoggedRequest]):
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         entry = LoggedRequest(request.method, request.path, request.query_string, CIMultiDict(request.headers))
         log.append(entry)
-        request["log_entry"] = entry
+        request[_LOG_ENTRY] = entry
         response = await handler(request)
         entry.status = response.status
         return response
@@ -545,7 +548,7 @@ class FakeOllamaServer(BackgroundServer):
             body = json.loads(raw)
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        request["log_entry"].body = body
+        request[_LOG_ENTRY].body = body
         name = body.get("model") or body.get("name") or ""
         if not isinstance(name, str) or not name.strip() or any(c.isspace() for c in name):
             return web.json_response({"error": "invalid model name"}, status=400)
