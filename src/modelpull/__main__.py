@@ -1,0 +1,4 @@
+"""`python -m modelpull`: the same as the `modelpull` command."""
+from .cli import main
+
+raise SystemExit(main())
