@@ -52,6 +52,7 @@ from ._state import Layout, PieceState, partial_paths, remove_partial
 
 WRITE_CHUNK = 1024 * 1024  # bytes buffered before a pwrite (and a counter update)
 MAX_RETRY_AFTER = 300.0
+_IOV_MAX = 512
 
 
 class _RestartFromZero(Exception):
@@ -373,7 +374,8 @@ class _FileTransfer:
         self, response: aiohttp.ClientResponse, index: int, piece_start: int, piece_end: int | None
     ) -> None:
         assert self.state is not None
-        buffer = bytearray()
+        chunks: list[bytes] = []
+        buffered = 0
         written = self.state.done[index]
         limit = None if piece_end is None else piece_end - piece_start
         reader = response.content
@@ -381,28 +383,36 @@ class _FileTransfer:
             chunk = await reader.readany()
             if not chunk:
                 break
-            buffer += chunk
-            if limit is not None and written + len(buffer) > limit:
+            if limit is not None and written + buffered + len(chunk) > limit:
                 if self.state.layout.piece_count == 1:
                     raise SizeMismatch(f"{self.file.name}: the server sent more than {limit} bytes")
-                del buffer[limit - written :]
-            if len(buffer) >= WRITE_CHUNK or (limit is not None and written + len(buffer) >= limit):
-                written = self._write(index, piece_start, written, buffer)
-                buffer = bytearray()
+                chunk = chunk[: limit - written - buffered]
+            chunks.append(chunk)
+            buffered += len(chunk)
+            if buffered >= WRITE_CHUNK or (limit is not None and written + buffered >= limit):
+                written = self._write(index, piece_start, written, chunks, buffered)
+                chunks, buffered = [], 0
                 if limit is not None and written >= limit:
                     break
-        if buffer:
-            self._write(index, piece_start, written, buffer)
+        if chunks:
+            self._write(index, piece_start, written, chunks, buffered)
 
-    def _write(self, index: int, piece_start: int, written: int, data: bytearray) -> int:
+    def _write(self, index: int, piece_start: int, written: int, chunks: list[bytes], count: int) -> int:
+        """Write buffered chunks at their offset (one syscall, no copy), then move the counter."""
         assert self.state is not None
         try:
-            os.pwrite(self.fd, data, piece_start + written)
+            offset = piece_start + written
+            for start in range(0, len(chunks), _IOV_MAX):
+                group = chunks[start : start + _IOV_MAX]
+                size = sum(map(len, group))
+                if os.pwritev(self.fd, group, offset) != size:
+                    raise OSError(errno.EIO, "short write")
+                offset += size
         except OSError as exc:
             raise self._disk_error(exc) from exc
-        written += len(data)
+        written += count
         self.state.record(index, written)
-        self.progress.add(len(data))
+        self.progress.add(count)
         if self.hasher is not None and index == self._contiguous:
             self._advance_watermark()
         return written

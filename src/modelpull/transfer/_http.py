@@ -25,6 +25,7 @@ REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 RETRYABLE_STATUSES = {408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524}
 _CREDENTIAL_HEADERS = {"authorization", "cookie", "proxy-authorization"}
 MAX_REDIRECTS = 10
+READ_BUFFER = 1024 * 1024
 
 
 def public_url(url: str | URL) -> str:
@@ -49,6 +50,9 @@ def new_session(*, limit_per_host: int = 0, connect_timeout: float = 30.0) -> ai
         trust_env=True,  # HTTP(S)_PROXY, NO_PROXY, ~/.netrc
         auto_decompress=False,  # sizes and digests are of the bytes on the wire
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
+        # aiohttp pauses the socket when its buffer passes twice this; 64 KiB (the default)
+        # makes it stop and start thousands of times a second on a fast link.
+        read_bufsize=READ_BUFFER,
         headers={"User-Agent": "modelpull/0.1", "Accept-Encoding": "identity"},
     )
 
