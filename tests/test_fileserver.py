@@ -293,3 +293,9 @@ def test_forward_proxy_fetches_absolute_uris(file_server):
     assert response.content == DATA
     assert [r.url for r in proxy.requests] == [url]
     assert len(file_server.requests) == 1
+
+
+def test_if_range_can_be_ignored(file_server):
+    url = file_server.add_file("/model.bin", DATA, if_range=False)
+    response = httpx.get(url, headers={"Range": "bytes=10-", "If-Range": '"stale"'})
+    assert response.status_code == 206 and response.content == DATA[10:]

@@ -97,6 +97,7 @@ class _File:
     accept_ranges: bool
     throttle_bps: float | None
     chunked: bool
+    if_range: bool
     auto_etag: bool
     auto_last_modified: bool
     version: int = 0
@@ -189,6 +190,7 @@ class FileServer(BackgroundServer):
         accept_ranges: bool = True,
         throttle_bps: float | None = None,
         chunked: bool = False,
+        if_range: bool = True,
     ) -> str:
         """Serve `data` at `path` (GET and HEAD); returns its URL.
 
@@ -197,6 +199,7 @@ class FileServer(BackgroundServer):
         timestamp, or False. accept_ranges=False ignores Range headers and sends no
         Accept-Ranges. throttle_bps limits each response's rate. chunked=True hides the size
         (chunked transfer encoding, no Content-Length, ranges still honoured).
+        if_range=False ignores If-Range, like servers that answer 206 whatever the validator.
         """
         if isinstance(etag, str):
             etag_value: str | None = etag if etag.startswith(('"', "W/")) else f'"{etag}"'
@@ -211,7 +214,7 @@ class FileServer(BackgroundServer):
         entry = _File(
             data=bytes(data), etag=etag_value, last_modified=lm_value,
             content_disposition=content_disposition, accept_ranges=accept_ranges,
-            throttle_bps=throttle_bps, chunked=chunked,
+            throttle_bps=throttle_bps, chunked=chunked, if_range=if_range,
             auto_etag=etag is True, auto_last_modified=last_modified is True,
         )
         with self._lock:
@@ -352,7 +355,8 @@ class FileServer(BackgroundServer):
         honour_range = entry.accept_ranges and not (fault is not None and fault.kind == "ignore_range")
         if honour_range:
             wanted = _parse_range_header(request.headers.get("Range"))
-            if wanted is not None and not self._if_range_matches(request.headers.get("If-Range"), entry):
+            if_range = request.headers.get("If-Range")
+            if wanted is not None and entry.if_range and not self._if_range_matches(if_range, entry):
                 wanted = None  # a changed file: the whole new body, as RFC 9110 says
         if wanted is not None:
             first, last = wanted
