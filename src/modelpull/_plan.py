@@ -54,6 +54,7 @@ class PlannedFile:
     git_sha1: str | None = None  # expected git blob sha1 (Hugging Face regular files)
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)  # origin host only
     present: bool = False  # already on disk and verified: counted as done, not fetched
+    exact_size: bool = True  # False: `size` is a hint (a HEAD answer); the transfer's own answer wins
 
 
 @dataclasses.dataclass

@@ -42,7 +42,7 @@ class UrlProvider(Provider):
         dest, present = sources.claim(name, url, size, request.transfer.sha256)
         file = PlannedFile(
             url=url, dest=dest, name=dest.name, size=size, sha256=request.transfer.sha256,
-            headers=headers, present=present,
+            headers=headers, present=present, exact_size=False,
         )
 
         async def finalize() -> None:

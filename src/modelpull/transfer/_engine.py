@@ -52,6 +52,7 @@ from ._state import Layout, PieceState, partial_paths, remove_partial
 
 WRITE_CHUNK = 1024 * 1024  # bytes buffered before a pwrite (and a counter update)
 MAX_RETRY_AFTER = 300.0
+FLUSH_EVERY = 64 * 1024 * 1024  # written bytes between background fdatasync calls
 _IOV_MAX = 512
 
 
@@ -134,11 +135,14 @@ class _FileTransfer:
             total=None, sock_connect=options.connect_timeout, sock_read=options.stall_timeout
         )
         self.url = URL(file.url)
+        self._expected_size = file.size if file.exact_size else None
         self.resolved: URL | None = None  # where redirects led; reused by every piece
         self.state: PieceState | None = None
         self.fd = -1
         self.hasher: FollowingHasher | None = None
         self._contiguous = 0  # first piece not yet complete: the hashing watermark's piece
+        self._unflushed = 0
+        self._flushing: asyncio.Future | None = None
 
     # -- the life cycle -------------------------------------------------------------------
 
@@ -157,6 +161,8 @@ class _FileTransfer:
         finally:
             if probe is not None:
                 probe.release()
+            if self._flushing is not None:
+                await asyncio.shield(self._flushing)
             if self.hasher is not None:
                 self.hasher.stop()
             if self.fd >= 0:
@@ -173,7 +179,7 @@ class _FileTransfer:
             remove_partial(self.file.dest)
             return None
         layout = state.layout
-        if self.file.size is not None and layout.total is not None and layout.total != self.file.size:
+        if self._expected_size is not None and layout.total is not None and layout.total != self._expected_size:
             state.close()
             remove_partial(self.file.dest)
             return None
@@ -208,11 +214,11 @@ class _FileTransfer:
             layout = Layout(
                 total=total, piece_size=max(total or 0, 1), etag=etag, last_modified=last_modified, ranged=False
             )
-        if self.file.size is not None and layout.total is not None and layout.total != self.file.size:
+        if self._expected_size is not None and layout.total is not None and layout.total != self._expected_size:
             if response is not None:
                 response.release()
             raise SizeMismatch(
-                f"{self.file.name}: the server has {layout.total} bytes, expected {self.file.size}"
+                f"{self.file.name}: the server has {layout.total} bytes, expected {self._expected_size}"
             )
         if layout.total is not None:
             check_disk_space(self.file.dest.parent, layout.total)
@@ -232,10 +238,10 @@ class _FileTransfer:
 
     def _start_hasher(self) -> None:
         wants_sha256 = self.file.sha256 is not None
-        wants_sha1 = self.file.git_sha1 is not None and self.file.size is not None
+        wants_sha1 = self.file.git_sha1 is not None and self._expected_size is not None
         if wants_sha256 or wants_sha1:
             self.hasher = FollowingHasher(
-                self.fd, sha256=wants_sha256, git_sha1_size=self.file.size if wants_sha1 else None
+                self.fd, sha256=wants_sha256, git_sha1_size=self._expected_size if wants_sha1 else None
             )
             self._advance_watermark()
 
@@ -276,16 +282,21 @@ class _FileTransfer:
             os.ftruncate(self.fd, received)
         if received != total or os.fstat(self.fd).st_size != total:
             raise SizeMismatch(f"{self.file.name}: received {received} bytes, expected {total}")
-        if self.file.size is not None and total != self.file.size:
+        if self._expected_size is not None and total != self._expected_size:
             remove_partial(self.file.dest)
-            raise SizeMismatch(f"{self.file.name}: received {total} bytes, expected {self.file.size}")
-        if self.hasher is not None:
-            self.progress.verifying()
-            digests = await asyncio.to_thread(self.hasher.finish, total)
-            self._check_digest("sha256", self.file.sha256, digests.get("sha256"))
-            self._check_digest("git sha1", self.file.git_sha1, digests.get("git_sha1"))
+            raise SizeMismatch(f"{self.file.name}: received {total} bytes, expected {self._expected_size}")
+        flushed = asyncio.ensure_future(asyncio.to_thread(os.fsync, self.fd))
+        try:
+            if self.hasher is not None:
+                self.progress.verifying()
+                digests = await asyncio.to_thread(self.hasher.finish, total)
+                self._check_digest("sha256", self.file.sha256, digests.get("sha256"))
+                self._check_digest("git sha1", self.file.git_sha1, digests.get("git_sha1"))
+        finally:
+            await flushed
         os.replace(self.part_path, self.file.dest)
         self.state_path.unlink(missing_ok=True)
+        _fsync_directory(self.file.dest.parent)
         self.progress.complete(total)
 
     def _check_digest(self, kind: str, expected: str | None, actual: str | None) -> None:
@@ -380,7 +391,13 @@ class _FileTransfer:
         limit = None if piece_end is None else piece_end - piece_start
         reader = response.content
         while True:
-            chunk = await reader.readany()
+            try:
+                chunk = await reader.readany()
+            except BaseException:
+                # What arrived before the drop (or the cancel) is good data: keep it.
+                if chunks:
+                    self._write(index, piece_start, written, chunks, buffered)
+                raise
             if not chunk:
                 break
             if limit is not None and written + buffered + len(chunk) > limit:
@@ -405,12 +422,25 @@ class _FileTransfer:
             for start in range(0, len(chunks), _IOV_MAX):
                 group = chunks[start : start + _IOV_MAX]
                 size = sum(map(len, group))
-                if os.pwritev(self.fd, group, offset) != size:
-                    raise OSError(errno.EIO, "short write")
+                sent = os.pwritev(self.fd, group, offset)
+                if sent != size:  # a short write (disk filling up): the rest, or the real error
+                    rest = b"".join(group)[sent:]
+                    while rest:
+                        count_now = os.pwrite(self.fd, rest, offset + sent)
+                        if count_now == 0:
+                            raise OSError(errno.ENOSPC, "no space left on device")
+                        sent += count_now
+                        rest = rest[count_now:]
                 offset += size
         except OSError as exc:
             raise self._disk_error(exc) from exc
         written += count
+        self._unflushed += count
+        if self._unflushed >= FLUSH_EVERY and (self._flushing is None or self._flushing.done()):
+            # Write back while downloading, on another thread, so the fsync before the
+            # rename has little left to do.
+            self._unflushed = 0
+            self._flushing = asyncio.get_running_loop().run_in_executor(None, os.fdatasync, self.fd)
         self.state.record(index, written)
         self.progress.add(count)
         if self.hasher is not None and index == self._contiguous:
@@ -514,6 +544,20 @@ class _FileTransfer:
         self.progress.note(f"{retry.error.message.split(' after ')[0]}; retrying in {delay:.1f} s "
                            f"({failures}/{self.options.max_retries})")
         await asyncio.sleep(delay)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable: the directory entry, not only the data."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _content_range(response: aiohttp.ClientResponse) -> tuple[int, int, int | None]:

@@ -22,6 +22,8 @@ class FileProgress:
         self.restarted = False  # the bytes went back to zero; taken by the runner
 
     def begin(self, total: int | None, on_disk: int) -> None:
+        if on_disk < self.done:
+            self.restart("the partial data from an earlier attempt does not match the file any more")
         if total is not None:
             self.total = total
         self.done = on_disk
