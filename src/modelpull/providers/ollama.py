@@ -1,0 +1,513 @@
+"""Ollama models, two ways: through a running Ollama server, or straight from the registry.
+
+    through the server   POST {server}/api/pull, NDJSON progress lines; the server moves the bytes
+    straight (direct)    registry manifest -> a Plan of blobs for the transfer engine
+                         -> <store>/blobs/sha256-<hex> and <store>/manifests/<host>/<ns>/<model>/<tag>
+
+The direct mode writes exactly Ollama's store layout, so an Ollama server started afterwards
+lists and runs the model. It is used with `direct=True`, and on its own when no server
+address was given (no `base_url`, no OLLAMA_HOST) and nothing answers at the default one.
+
+Options: `direct` (True / False / None = decide), `registry` (registry base URL, default
+https://<host of the name>), `models_path` (the store; default OLLAMA_MODELS, else
+~/.ollama/models).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from yarl import URL
+
+from .._errors import AuthenticationRequired, ConnectionFailed, InvalidRequest, ModelPullError, NotFound, SourceError
+from .._plan import DownloadRequest, Plan, PlannedFile
+from .._progress import DownloadProgress, DownloadStatus
+from .._units import format_bytes
+from ..transfer import public_url
+from ..transfer._http import RETRYABLE_STATUSES, open_following_redirects
+from ._base import Provider
+
+if TYPE_CHECKING:
+    from .._run import RunContext
+
+DEFAULT_HOST = "registry.ollama.ai"
+DEFAULT_NAMESPACE = "library"
+DEFAULT_TAG = "latest"
+DEFAULT_SERVER = "http://localhost:11434"
+MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
+_MEDIA_TYPE_PREFIX = "application/vnd.ollama.image."
+
+# Ollama's own name rules (types/model/name.go): parts of letters, digits, `_`, `-` and `.`.
+_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(:[0-9]+)?$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+SPEED_WINDOW_SECONDS = 5.0
+MAX_RUNNING_PERCENT = 99.9  # through a server, 100.0 is for the COMPLETE item only
+
+
+@dataclass(frozen=True)
+class OllamaName:
+    """`[host/][namespace/]model[:tag]`, with registry.ollama.ai, library and latest as defaults."""
+
+    host: str
+    namespace: str
+    model: str
+    tag: str
+
+    @classmethod
+    def parse(cls, text: str) -> "OllamaName":
+        raw = text.strip()
+        rest, tag = raw, DEFAULT_TAG
+        if ":" in raw.rsplit("/", 1)[-1]:  # a tag; a colon before the last "/" is a host's port
+            rest, _, tag = raw.rpartition(":")
+        parts = rest.split("/")
+        if not 1 <= len(parts) <= 3:
+            raise _bad_name(text)
+        model = parts[-1]
+        namespace = parts[-2] if len(parts) >= 2 else DEFAULT_NAMESPACE
+        host = parts[-3] if len(parts) == 3 else DEFAULT_HOST
+        if not (_PART.match(model) and _PART.match(namespace) and _PART.match(tag) and _HOST.match(host)):
+            raise _bad_name(text)
+        if len(tag) > 80:
+            raise _bad_name(text)
+        return cls(host, namespace, model, tag)
+
+    @property
+    def repository(self) -> str:
+        return f"{self.namespace}/{self.model}"
+
+    @property
+    def display(self) -> str:
+        """The shortest form Ollama shows (`llama3:8b`, `user/model:tag`, `host/ns/model:tag`)."""
+        if self.host == DEFAULT_HOST:
+            short = self.model if self.namespace == DEFAULT_NAMESPACE else self.repository
+            return f"{short}:{self.tag}"
+        return f"{self.host}/{self.repository}:{self.tag}"
+
+    def manifest_path(self, store: Path) -> Path:
+        return store / "manifests" / self.host / self.namespace / self.model / self.tag
+
+
+def _bad_name(text: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"'{text}' is not a valid Ollama model name: use [host/][namespace/]model[:tag], "
+        "e.g. llama3.2, llama3.2:1b or myuser/mymodel:latest"
+    )
+
+
+class OllamaProvider(Provider):
+    """Ollama models, through a running Ollama server or straight from the registry."""
+
+    name = "ollama"
+    option_names = frozenset({"direct", "registry", "models_path"})
+
+    def describe(self, request: DownloadRequest) -> str:
+        return f"{OllamaName.parse(request.model).display} from Ollama"
+
+    def stream(self, request: DownloadRequest, context: "RunContext") -> AsyncIterator[DownloadProgress]:
+        return self._stream(request, context)
+
+    async def _stream(self, request: DownloadRequest, context: "RunContext") -> AsyncIterator[DownloadProgress]:
+        name = OllamaName.parse(request.model)
+        direct = request.options.get("direct")
+        if direct:
+            async for item in context.plan_and_execute(self, request):
+                yield item
+            return
+        server, chosen = server_url(request.base_url)
+        pull = _ServerPull(name, request.model, server, context)
+        try:
+            async for item in pull.run():
+                yield item
+            return
+        except _Unreachable as unreachable:
+            if direct is False or chosen:
+                raise ModelPullError(
+                    f"Cannot connect to Ollama server at {server}. Is Ollama running?", code="ollama_unreachable"
+                ) from unreachable.__cause__
+        store = store_root(request.options.get("models_path"))
+        yield DownloadProgress(
+            status=DownloadStatus.DOWNLOADING,
+            message=f"No Ollama server at {server}: downloading {name.display} straight from the registry into {store}",
+        )
+        async for item in context.plan_and_execute(self, request):
+            yield item
+
+    async def plan(self, request: DownloadRequest, context: "RunContext") -> Plan:
+        """Direct mode: the manifest's blobs as files of Ollama's store, the manifest written last."""
+        name = OllamaName.parse(request.model)
+        store = store_root(request.options.get("models_path"))
+        registry = _Registry(name, request.options.get("registry"), request.token, context)
+        raw_manifest = await registry.manifest()
+        blobs = _manifest_blobs(raw_manifest, name)
+        files = []
+        for media_type, digest, size in blobs:
+            hex_digest = digest.partition(":")[2]
+            dest = store / "blobs" / f"sha256-{hex_digest}"
+            files.append(PlannedFile(
+                url=registry.blob_url(digest),
+                dest=dest,
+                name=f"{_kind(media_type)} sha256-{hex_digest[:12]}",
+                size=size,
+                sha256=hex_digest,
+                headers=registry.auth_headers,
+                # Blobs are content-addressed, and Ollama trusts one of the right size as it does.
+                present=dest.is_file() and dest.stat().st_size == size,
+            ))
+        model_blob = next((f.dest for (media_type, _, _), f in zip(blobs, files) if media_type == MODEL_MEDIA_TYPE), None)
+        manifest_path = name.manifest_path(store)
+
+        async def finalize() -> None:
+            _write_atomically(manifest_path, raw_manifest)
+
+        return Plan(
+            label=f"{name.display} from {registry.base}",
+            files=files,
+            local_path=model_blob or manifest_path,
+            finalize=finalize,
+        )
+
+
+# --------------------------------------------------------------------------- where things are
+
+
+def server_url(base_url: str | None) -> tuple[str, bool]:
+    """(the Ollama server's URL, whether someone chose it): base_url, else OLLAMA_HOST, else the default."""
+    if base_url:
+        return _with_scheme(base_url.strip()).rstrip("/"), True
+    env = os.environ.get("OLLAMA_HOST", "").strip()
+    if env:
+        return _ollama_host(env), True
+    return DEFAULT_SERVER, False
+
+
+def _with_scheme(url: str) -> str:
+    return url if "://" in url else f"http://{url}"
+
+
+def _ollama_host(value: str) -> str:
+    """OLLAMA_HOST as Ollama reads it (envconfig.Host): scheme http and port 11434 unless given."""
+    scheme, sep, hostport = value.partition("://")
+    if not sep:
+        scheme, hostport, default_port = "http", value, "11434"
+    else:
+        default_port = {"http": "80", "https": "443"}.get(scheme, "11434")
+    hostport, _, path = hostport.partition("/")
+    host, colon, port = hostport.rpartition(":")
+    if not colon or "]" in port:  # no port (or a bare IPv6 address)
+        host, port = hostport, default_port
+    host = host or "127.0.0.1"
+    return f"{scheme}://{host}:{port}" + (f"/{path.rstrip('/')}" if path.strip("/") else "")
+
+
+def store_root(models_path: str | os.PathLike[str] | None) -> Path:
+    """Ollama's model store: the `models_path` option, else OLLAMA_MODELS, else ~/.ollama/models."""
+    chosen = models_path or os.environ.get("OLLAMA_MODELS") or Path.home() / ".ollama" / "models"
+    return Path(chosen).expanduser()
+
+
+def _kind(media_type: str) -> str:
+    if media_type.startswith(_MEDIA_TYPE_PREFIX):
+        return media_type[len(_MEDIA_TYPE_PREFIX):]
+    return "config" if "container.image" in media_type else "blob"
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- direct: the registry
+
+
+class _Registry:
+    """Manifest and blob URLs of one repository, with the Bearer-token dance on a 401."""
+
+    def __init__(self, name: OllamaName, base: str | None, token: str | None, context: "RunContext") -> None:
+        self.name = name
+        self.base = _with_scheme(base).rstrip("/") if base else f"https://{name.host}"
+        self.context = context
+        self.auth_headers: dict[str, str] = {"Authorization": f"Bearer {token}"} if token else {}
+        options = context.transfer
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=options.connect_timeout, sock_read=options.stall_timeout
+        )
+
+    def blob_url(self, digest: str) -> str:
+        return f"{self.base}/v2/{self.name.repository}/blobs/{digest}"
+
+    async def manifest(self) -> bytes:
+        """The manifest's raw bytes (they are written to the store unchanged)."""
+        url = f"{self.base}/v2/{self.name.repository}/manifests/{self.name.tag}"
+        status, headers, body = await self._get(url, {"Accept": MANIFEST_MEDIA_TYPE})
+        if status == 401 and headers.get("WWW-Authenticate", "").lower().startswith("bearer "):
+            await self._authenticate(headers["WWW-Authenticate"])
+            status, headers, body = await self._get(url, {"Accept": MANIFEST_MEDIA_TYPE})
+        if status == 200:
+            return body
+        if status == 404:
+            hint = "; see https://ollama.com/library for names and tags" if self.name.host == DEFAULT_HOST else ""
+            raise NotFound(
+                f"Model '{self.name.display}' not found in the Ollama registry ({self.base}){hint}",
+                code="model_not_found",
+            )
+        if status in (401, 403):
+            raise AuthenticationRequired(
+                f"the Ollama registry at {self.base} refused access to '{self.name.display}' (HTTP {status}): "
+                "the model is private or the token (token=) is not valid",
+                code="registry_auth",
+            )
+        raise SourceError(
+            f"the Ollama registry at {self.base} answered HTTP {status} for '{self.name.display}': "
+            f"{_registry_message(body)}",
+            code="registry_error",
+        )
+
+    async def _authenticate(self, challenge: str) -> None:
+        params = dict(_CHALLENGE_PARAM.findall(challenge))
+        realm = params.pop("realm", "")
+        if not realm.startswith(("http://", "https://")):
+            raise AuthenticationRequired(
+                f"the Ollama registry at {self.base} asked for a token without a usable realm", code="registry_auth"
+            )
+        query = {k: v for k, v in params.items() if k in ("service", "scope")}
+        url = str(URL(realm).update_query(query))
+        status, _, body = await self._get(url, {}, authorized=False)
+        token = None
+        if status == 200:
+            try:
+                answer = json.loads(body)
+                token = answer.get("token") or answer.get("access_token")
+            except (ValueError, AttributeError):
+                token = None
+        if not token:
+            raise AuthenticationRequired(
+                f"the Ollama registry at {self.base} did not grant a token for '{self.name.display}' "
+                f"(HTTP {status} from {public_url(realm)})",
+                code="registry_auth",
+            )
+        self.auth_headers = {"Authorization": f"Bearer {token}"}
+
+    async def _get(self, url: str, headers: dict[str, str], *, authorized: bool = True) -> tuple[int, Any, bytes]:
+        """One GET with a few retries for connection failures and 5xx/429; never raises for a status."""
+        sent = {**(self.auth_headers if authorized else {}), **headers}
+        options = self.context.transfer
+        attempts = min(3, options.max_retries + 1)
+        for attempt in range(attempts):
+            try:
+                response, _ = await open_following_redirects(self.context.session, url, sent, timeout=self.timeout)
+                async with response:
+                    body = await response.read()
+                if response.status not in RETRYABLE_STATUSES or attempt == attempts - 1:
+                    return response.status, response.headers, body
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                if attempt == attempts - 1:
+                    raise ConnectionFailed(
+                        f"cannot reach the Ollama registry at {self.base}: {exc or exc.__class__.__name__}",
+                        code="registry_unreachable",
+                    ) from None
+            await asyncio.sleep(min(options.retry_max_delay, options.retry_backoff * 2 ** attempt))
+        raise AssertionError  # unreachable
+
+
+def _registry_message(body: bytes) -> str:
+    try:
+        errors = json.loads(body).get("errors") or []
+        return "; ".join(str(e.get("message") or e.get("code")) for e in errors) or "no details"
+    except (ValueError, AttributeError):
+        return body[:200].decode(errors="replace") or "no details"
+
+
+def _manifest_blobs(raw: bytes, name: OllamaName) -> list[tuple[str, str, int]]:
+    """(media type, digest, size) of every layer, then the config, each digest once."""
+    try:
+        manifest = json.loads(raw)
+        descriptors = [*manifest["layers"], *([manifest["config"]] if manifest.get("config") else [])]
+        blobs = [(str(d["mediaType"]), str(d["digest"]), int(d["size"])) for d in descriptors]
+    except (ValueError, KeyError, TypeError):
+        raise SourceError(f"the registry sent an unreadable manifest for '{name.display}'", code="bad_manifest") from None
+    seen: set[str] = set()
+    unique = []
+    for media_type, digest, size in blobs:
+        if not _DIGEST.match(digest) or size < 0:
+            raise SourceError(
+                f"the manifest of '{name.display}' names an invalid blob: {digest!r}", code="bad_manifest"
+            )
+        if digest not in seen:
+            seen.add(digest)
+            unique.append((media_type, digest, size))
+    return unique
+
+
+# --------------------------------------------------------------------------- through a server
+
+
+class _Unreachable(Exception):
+    """Nothing answers at the server's address."""
+
+
+class _ServerPull:
+    """One POST /api/pull, its NDJSON lines turned into progress items."""
+
+    def __init__(self, name: OllamaName, model: str, server: str, context: "RunContext") -> None:
+        self.name = name
+        self.model = model
+        self.server = server
+        self.context = context
+        self.totals: dict[str, int] = {}  # digest -> size, in the order the server names them
+        self.completed: dict[str, int] = {}
+        self.percent: float | None = None
+        self.samples: deque[tuple[float, int]] = deque()
+
+    async def run(self) -> AsyncIterator[DownloadProgress]:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.context.transfer.connect_timeout)
+        try:
+            response = await self.context.session.post(
+                f"{self.server}/api/pull", json={"model": self.model, "stream": True}, timeout=timeout
+            )
+        except aiohttp.ClientConnectorError as exc:
+            raise _Unreachable() from exc
+        try:
+            if response.status != 200:
+                raise self._http_error(response.status, await response.read())
+            async for item in self._items(response):
+                yield item
+        finally:
+            # Closing (not releasing) drops the connection, so the server stops its pull at once.
+            response.close()
+
+    async def _items(self, response: aiohttp.ClientResponse) -> AsyncIterator[DownloadProgress]:
+        try:
+            async for raw in response.content:
+                line = raw.strip()
+                if not line:
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue  # not a line of Ollama's; the next one may be
+                if not isinstance(event, dict):
+                    continue
+                if event.get("error"):
+                    raise self._stream_error(str(event["error"]))
+                item = self._item(event)
+                if item is not None:
+                    yield item
+                    if item.status is DownloadStatus.COMPLETE:
+                        return
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
+            raise self._incomplete(f"the connection broke ({exc.__class__.__name__})") from None
+        raise self._incomplete("the stream ended")
+
+    def _item(self, event: dict[str, Any]) -> DownloadProgress | None:
+        status = str(event.get("status", ""))
+        digest = event.get("digest")
+        if digest and isinstance(event.get("total"), int):
+            self.totals[digest] = event["total"]
+            # A layer's counter only moves forward, even if a line arrives late.
+            self.completed[digest] = max(self.completed.get(digest, 0), int(event.get("completed") or 0))
+            return self._progress(DownloadStatus.DOWNLOADING, status)
+        if status == "success":
+            for layer, size in self.totals.items():
+                self.completed[layer] = size
+            item = self._progress(
+                DownloadStatus.COMPLETE, f"Successfully pulled {self.name.display} (Ollama server at {self.server})"
+            )
+            item.percent = 100.0
+            item.speed_bps = item.eta_seconds = None
+            item.local_path = self._local_model_blob()
+            return item
+        if status.startswith(("verifying", "writing", "removing")):
+            # Every layer is down once Ollama verifies, even when its last tick said less.
+            for layer, size in self.totals.items():
+                self.completed[layer] = size
+            return self._progress(DownloadStatus.VERIFYING, status)
+        if status:
+            return self._progress(DownloadStatus.DOWNLOADING, status)
+        return None
+
+    def _progress(self, status: DownloadStatus, message: str) -> DownloadProgress:
+        total = sum(self.totals.values()) if self.totals else None
+        downloaded = sum(self.completed.values()) if self.totals else None
+        if total and downloaded is not None:
+            # The total grows as the server names each layer, so the percent is kept from going
+            # back; and it stays below 100 until "success", as more layers may follow.
+            computed = round(min(MAX_RUNNING_PERCENT, downloaded * 100.0 / total), 2)
+            self.percent = computed if self.percent is None else max(self.percent, computed)
+        speed = self._speed(downloaded or 0)
+        eta = (total - downloaded) / speed if speed and total is not None and downloaded is not None else None
+        return DownloadProgress(
+            status=status,
+            message=message,
+            percent=self.percent,
+            downloaded_bytes=downloaded,
+            total_bytes=total,
+            speed_bps=speed,
+            eta_seconds=eta,
+            files_completed=sum(1 for d, size in self.totals.items() if self.completed.get(d, 0) >= size),
+            files_total=len(self.totals) or None,
+        )
+
+    def _speed(self, downloaded: int) -> float | None:
+        now = time.monotonic()
+        self.samples.append((now, downloaded))
+        while len(self.samples) > 2 and now - self.samples[0][0] > SPEED_WINDOW_SECONDS:
+            self.samples.popleft()
+        first_time, first_done = self.samples[0]
+        if now - first_time < 0.5:
+            return None
+        return max(0.0, (downloaded - first_done) / (now - first_time))
+
+    def _local_model_blob(self) -> str | None:
+        """The model's GGUF blob, when the server's store is this machine's (best effort)."""
+        store = store_root(None)
+        try:
+            manifest = json.loads(self.name.manifest_path(store).read_bytes())
+            digest = next(layer["digest"] for layer in manifest["layers"] if layer["mediaType"] == MODEL_MEDIA_TYPE)
+        except (OSError, ValueError, KeyError, TypeError, StopIteration):
+            return None
+        blob = store / "blobs" / digest.replace(":", "-")
+        return str(blob) if blob.is_file() else None
+
+    def _stream_error(self, text: str) -> ModelPullError:
+        if "file does not exist" in text or "not found" in text.lower():
+            return NotFound(
+                f"Model '{self.name.display}' not found in the Ollama registry (Ollama said: {text})",
+                code="model_not_found",
+            )
+        return ModelPullError(f"Ollama could not pull '{self.name.display}': {text}", code="ollama_error")
+
+    def _http_error(self, status: int, body: bytes) -> ModelPullError:
+        try:
+            text = str(json.loads(body).get("error") or "")
+        except (ValueError, AttributeError):
+            text = body[:200].decode(errors="replace").strip()
+        error = self._stream_error(text) if text else None
+        if error is not None and error.code == "model_not_found":
+            return error
+        return ModelPullError(
+            f"the Ollama server at {self.server} refused to pull '{self.name.display}' (HTTP {status}): "
+            f"{text or 'no details'}",
+            code="ollama_error",
+        )
+
+    def _incomplete(self, how: str) -> ModelPullError:
+        done = sum(self.completed.values())
+        return ModelPullError(
+            f"the Ollama server at {self.server} stopped pulling '{self.name.display}' before it finished: "
+            f"{how} without 'success' after {format_bytes(done)}; run the pull again to resume",
+            code="incomplete_stream",
+        )
