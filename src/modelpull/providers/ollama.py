@@ -15,6 +15,7 @@ https://<host of the name>), `models_path` (the store; default OLLAMA_MODELS, el
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -115,21 +116,22 @@ class OllamaProvider(Provider):
     def describe(self, request: DownloadRequest) -> str:
         return f"{OllamaName.parse(request.model).display} from Ollama"
 
-    def stream(self, request: DownloadRequest, context: "RunContext") -> AsyncIterator[DownloadProgress]:
-        return self._stream(request, context)
-
-    async def _stream(self, request: DownloadRequest, context: "RunContext") -> AsyncIterator[DownloadProgress]:
+    async def stream(self, request: DownloadRequest, context: "RunContext") -> AsyncIterator[DownloadProgress]:
+        """Through the server; straight from the registry when asked, or when no server was named
+        and none answers at the default address."""
         name = OllamaName.parse(request.model)
         direct = request.options.get("direct")
         if direct:
-            async for item in context.plan_and_execute(self, request):
-                yield item
+            async with contextlib.aclosing(context.plan_and_execute(self, request)) as items:
+                async for item in items:
+                    yield item
             return
         server, chosen = server_url(request.base_url)
-        pull = _ServerPull(name, request.model, server, context)
         try:
-            async for item in pull.run():
-                yield item
+            # aclosing: when our consumer stops, the pull's response is closed now, not at GC.
+            async with contextlib.aclosing(_ServerPull(name, request.model, server, context).run()) as items:
+                async for item in items:
+                    yield item
             return
         except _Unreachable as unreachable:
             if direct is False or chosen:
@@ -141,8 +143,9 @@ class OllamaProvider(Provider):
             status=DownloadStatus.DOWNLOADING,
             message=f"No Ollama server at {server}: downloading {name.display} straight from the registry into {store}",
         )
-        async for item in context.plan_and_execute(self, request):
-            yield item
+        async with contextlib.aclosing(context.plan_and_execute(self, request)) as items:
+            async for item in items:
+                yield item
 
     async def plan(self, request: DownloadRequest, context: "RunContext") -> Plan:
         """Direct mode: the manifest's blobs as files of Ollama's store, the manifest written last."""
@@ -162,7 +165,7 @@ class OllamaProvider(Provider):
                 size=size,
                 sha256=hex_digest,
                 headers=registry.auth_headers,
-                # Blobs are content-addressed, and Ollama trusts one of the right size as it does.
+                # Content-addressed: a blob of the right size is trusted, as Ollama itself does.
                 present=dest.is_file() and dest.stat().st_size == size,
             ))
         model_blob = next((f.dest for (media_type, _, _), f in zip(blobs, files) if media_type == MODEL_MEDIA_TYPE), None)
@@ -378,13 +381,14 @@ class _ServerPull:
             response = await self.context.session.post(
                 f"{self.server}/api/pull", json={"model": self.model, "stream": True}, timeout=timeout
             )
-        except aiohttp.ClientConnectorError as exc:
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise _Unreachable() from exc
         try:
             if response.status != 200:
                 raise self._http_error(response.status, await response.read())
-            async for item in self._items(response):
-                yield item
+            async with contextlib.aclosing(self._items(response)) as items:
+                async for item in items:
+                    yield item
         finally:
             # Closing (not releasing) drops the connection, so the server stops its pull at once.
             response.close()
