@@ -29,6 +29,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, ProgressColumn, T
 from rich.text import Text
 
 from . import __version__
+from ._api import download_model
 from ._progress import DownloadProgress, DownloadStatus
 from ._refs import Reference, parse_reference
 from ._units import format_bytes, format_seconds
@@ -257,12 +258,12 @@ class _SpeedColumn(ProgressColumn):
 
 
 class _EtaColumn(ProgressColumn):
-    """The stream's ETA; blank on rows whose size the stream does not give."""
+    """The stream's ETA; blank while unknown."""
 
     def render(self, task: Task) -> Text:
         if task.finished:
             return Text("done", style="progress.elapsed")
-        if "eta_seconds" not in task.fields:
+        if task.fields.get("eta_seconds") is None:
             return Text("")
         return Text(format_seconds(task.fields["eta_seconds"]), style="progress.remaining")
 
@@ -316,7 +317,7 @@ class BarsView(View):
             self._update_total(item, multi)
         if multi and item.status is not DownloadStatus.ERROR:
             self._update_rows(item)
-        self._status.item = None if item.status.is_terminal else item
+        self._status.update(item)
 
     def _update_total(self, item: DownloadProgress, multi: bool) -> None:
         assert self._total is not None
@@ -357,21 +358,35 @@ class _BytesColumn(DownloadColumn):
 
 
 class _StatusLine:
-    """The latest message under the bars: retries and restarts stand out."""
+    """The latest message under the bars. A notice (retry, restart, stall) arrives on one item
+    only, so it stays in view a few seconds instead of flashing by."""
 
-    def __init__(self) -> None:
-        self.item: DownloadProgress | None = None
+    NOTICE_SECONDS = 3.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._message = ""
+        self._notice: tuple[str, float] | None = None  # (message, when)
+
+    def update(self, item: DownloadProgress) -> None:
+        if item.status.is_terminal:
+            self._message, self._notice = "", None
+            return
+        self._message = item.message
+        if _is_notice(item):
+            self._notice = (item.message, self._clock())
 
     def __rich__(self) -> Text | Group:
-        if self.item is None:
+        if self._notice is not None and self._clock() - self._notice[1] < self.NOTICE_SECONDS:
+            return Text(self._notice[0], style="yellow", overflow="ellipsis", no_wrap=True)
+        if not self._message:
             return Group()  # no blank line under the final bars
-        style = "yellow" if _is_notice(self.item) else "dim"
-        return Text(self.item.message, style=style, overflow="ellipsis", no_wrap=True)
+        return Text(self._message, style="dim", overflow="ellipsis", no_wrap=True)
 
 
 # Words that mark a message the user should not miss (the engine reports retries, stalls and
 # restarts as messages on DOWNLOADING items).
-_NOTICE_WORDS = ("retry", "retrying", "restart", "stall", "waiting", "paused")
+_NOTICE_WORDS = ("retry", "restart", "reconnect", "stall", "waiting", "paused")
 
 
 def _is_notice(item: DownloadProgress) -> bool:
@@ -391,8 +406,6 @@ class _Outcome:
 
 async def _consume(ref: Reference, options: dict[str, Any], token: str | None, base_url: str | None,
                    view: View, outcome: _Outcome) -> None:
-    from . import download_model  # imported here so --help and --version stay fast
-
     stream = download_model(ref.provider, ref.model, token=token, base_url=base_url, **options)
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -491,8 +504,9 @@ def pull(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     if final.status is not DownloadStatus.COMPLETE:
         return fail(final.message)
     if not args.quiet and not args.json:
-        elapsed = format_seconds(time.monotonic() - started)
-        errors.print(Text.assemble(("✓ ", "green"), final.message, (f" in {elapsed}", "dim")))
+        elapsed = time.monotonic() - started
+        took = f" in {format_seconds(elapsed)}" if elapsed >= 1 else ""
+        errors.print(Text.assemble(("✓ ", "green"), final.message, (took, "dim")))
     if not args.json:
         try:
             print(final.local_path, file=stdout, flush=True)
