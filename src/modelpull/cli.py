@@ -32,6 +32,7 @@ from . import __version__
 from ._api import download_model
 from ._progress import DownloadProgress, DownloadStatus
 from ._refs import Reference, parse_reference
+from ._settings import Settings
 from ._units import format_bytes, format_seconds
 
 EXIT_OK = 0
@@ -287,7 +288,7 @@ class BarsView(View):
     def __init__(self, console: Console, label: str) -> None:
         self._label = label
         self._progress = Progress(
-            TextColumn("{task.description}", style="progress.description"),
+            TextColumn("{task.description}", style="progress.description", markup=False),
             BarColumn(bar_width=None),
             _PercentColumn(),
             _BytesColumn(),
@@ -298,7 +299,9 @@ class BarsView(View):
         )
         self._status = _StatusLine()
         self.renderable = Group(self._progress, self._status)  # what the screen shows now
-        self._live = Live(self.renderable, console=console, refresh_per_second=10, transient=False)
+        # stdout is for the local path (and scripts): never fold it into the display.
+        self._live = Live(self.renderable, console=console, refresh_per_second=10, transient=False,
+                          redirect_stdout=False)
         self._total: TaskID | None = None
         self._rows: dict[str, TaskID] = {}  # file name -> its row
         self._active: list[str] = []  # rows not yet finished, oldest first
@@ -435,6 +438,7 @@ async def _consume(ref: Reference, options: dict[str, Any], token: str | None, b
     except asyncio.CancelledError:
         if outcome.interrupted_by is None:
             raise
+        task.uncancel()  # handled: the command ends normally, with status 128 + signal
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
@@ -445,8 +449,6 @@ async def _consume(ref: Reference, options: dict[str, Any], token: str | None, b
 def _models_dir(options: dict[str, Any]) -> Path:
     if "models_dir" in options:
         return Path(options["models_dir"]).absolute()
-    from ._settings import Settings
-
     return Settings.from_env().home.absolute()
 
 
