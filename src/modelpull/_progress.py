@@ -49,6 +49,9 @@ class DownloadProgress:
     current_file: str | None = None
     local_path: str | None = None
     error_code: str | None = None
+    # The files moving right now, each {"name", "downloaded_bytes", "total_bytes", "status"}
+    # ("downloading" or "verifying"): what a face needs for one bar per file.
+    active_files: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (status as its string value)."""

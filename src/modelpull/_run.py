@@ -155,7 +155,8 @@ class _ProgressMeter:
         eta = None
         if speed and total is not None:
             eta = max(0.0, (total - done) / speed)
-        current = next((t.name for t in self.trackers if t.state in (t.DOWNLOADING, t.VERIFYING)), None)
+        moving = [t for t in self.trackers if t.state in (t.DOWNLOADING, t.VERIFYING)]
+        current = moving[0].name if moving else None
         self.last_done = done
         return DownloadProgress(
             status=status,
@@ -168,6 +169,10 @@ class _ProgressMeter:
             files_completed=sum(1 for t in self.trackers if t.state == t.COMPLETE),
             files_total=len(self.trackers),
             current_file=current,
+            active_files=[
+                {"name": t.name, "downloaded_bytes": t.done, "total_bytes": t.total, "status": t.state}
+                for t in moving
+            ],
         )
 
     def sample(self) -> DownloadProgress | None:
@@ -208,6 +213,7 @@ class _ProgressMeter:
         item.downloaded_bytes = item.total_bytes
         item.eta_seconds = 0.0
         item.current_file = None
+        item.active_files = []
         item.local_path = str(self.plan.local_path)
         return item
 

@@ -19,6 +19,7 @@ import errno
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import aiohttp
@@ -51,6 +52,7 @@ from ._progress import FileProgress
 from ._state import Layout, PieceState, partial_paths, remove_partial
 
 WRITE_CHUNK = 1024 * 1024  # bytes buffered before a pwrite (and a counter update)
+WRITE_INTERVAL = 0.5  # seconds: on a slow link, write (and record) at least this often
 MAX_RETRY_AFTER = 300.0
 FLUSH_EVERY = 64 * 1024 * 1024  # written bytes between background fdatasync calls
 _IOV_MAX = 512
@@ -67,9 +69,10 @@ class _RestartFromZero(Exception):
 class _Retryable(Exception):
     """A failure worth another attempt after `delay` seconds (None: use the backoff)."""
 
-    def __init__(self, error: ModelPullError, delay: float | None = None, stall: bool = False) -> None:
+    def __init__(self, error: ModelPullError, reason: str, delay: float | None = None, stall: bool = False) -> None:
         super().__init__(str(error))
-        self.error = error
+        self.error = error  # what the user sees if the retries run out
+        self.reason = reason  # what a progress notice says meanwhile ("HTTP 503 from host")
         self.delay = delay
         self.stall = stall
 
@@ -340,16 +343,18 @@ class _FileTransfer:
                 if self.state.done[index] < end - start:
                     raise _Retryable(
                         TransferError(f"the connection closed early while fetching {public_url(self.url)}",
-                                      code="connection_failed")
+                                      code="connection_failed"),
+                        "the connection closed early",
                     )
                 return
             except _Retryable as retry:
-                progressed = self.state.done[index] > before
-                if retry.stall and progressed:
-                    self.progress.note(f"no data for {self.options.stall_timeout:g} s; reconnecting")
+                if self.state.done[index] > before:
+                    # The connection made progress before it failed: resume at once, and
+                    # the failure does not count against the retries.
                     failures = 0
+                    self.progress.note(f"{retry.reason}; resuming at {format_bytes(start + self.state.done[index])}")
                 else:
-                    failures = 0 if progressed else failures + 1
+                    failures += 1
                     if failures > self.options.max_retries:
                         raise retry.error from None
                     await self._back_off(retry, failures)
@@ -384,12 +389,14 @@ class _FileTransfer:
     async def _stream_into_piece(
         self, response: aiohttp.ClientResponse, index: int, piece_start: int, piece_end: int | None
     ) -> None:
+        """Read the body into the piece: buffered up to WRITE_CHUNK or WRITE_INTERVAL, then written."""
         assert self.state is not None
         chunks: list[bytes] = []
         buffered = 0
         written = self.state.done[index]
         limit = None if piece_end is None else piece_end - piece_start
         reader = response.content
+        last_write = time.monotonic()
         while True:
             try:
                 chunk = await reader.readany()
@@ -406,9 +413,15 @@ class _FileTransfer:
                 chunk = chunk[: limit - written - buffered]
             chunks.append(chunk)
             buffered += len(chunk)
-            if buffered >= WRITE_CHUNK or (limit is not None and written + buffered >= limit):
+            self.progress.add(len(chunk))
+            now = time.monotonic()
+            if (
+                buffered >= WRITE_CHUNK
+                or now - last_write >= WRITE_INTERVAL
+                or (limit is not None and written + buffered >= limit)
+            ):
                 written = self._write(index, piece_start, written, chunks, buffered)
-                chunks, buffered = [], 0
+                chunks, buffered, last_write = [], 0, now
                 if limit is not None and written >= limit:
                     break
         if chunks:
@@ -442,7 +455,6 @@ class _FileTransfer:
             self._unflushed = 0
             self._flushing = asyncio.get_running_loop().run_in_executor(None, os.fdatasync, self.fd)
         self.state.record(index, written)
-        self.progress.add(count)
         if self.hasher is not None and index == self._contiguous:
             self._advance_watermark()
         return written
@@ -517,23 +529,24 @@ class _FileTransfer:
                 error = ServerError(
                     f"the server failed (HTTP {status}) for {where} after {self.options.max_retries} retries"
                 )
-            return _Retryable(error, delay=None if delay is None else min(delay, MAX_RETRY_AFTER))
+            reason = f"HTTP {status} from {URL(where).host}"
+            return _Retryable(error, reason, delay=None if delay is None else min(delay, MAX_RETRY_AFTER))
         return permanent_status_error(status, where, response.reason or "")
 
     def _retryable_from(self, exc: BaseException) -> _Retryable:
         stall = isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError))
         host = URL(public_url(self.resolved or self.url)).host
         if stall:
-            error: ModelPullError = ConnectionFailed(
-                f"no data from {host} for {self.options.stall_timeout:g} s, after {self.options.max_retries} retries"
-            )
+            reason = f"no data from {host} for {self.options.stall_timeout:g} s"
+            error: ModelPullError = ConnectionFailed(f"{reason}, after {self.options.max_retries} retries")
         else:
             detail = str(exc) or exc.__class__.__name__
+            reason = f"connection to {host} failed ({detail})"
             error = ConnectionFailed(
                 f"cannot download from {host}: {detail} (after {self.options.max_retries} retries); "
                 "check the network or the URL"
             )
-        return _Retryable(error, stall=stall)
+        return _Retryable(error, reason, stall=stall)
 
     async def _back_off(self, retry: _Retryable, failures: int) -> None:
         if retry.delay is not None:
@@ -541,8 +554,7 @@ class _FileTransfer:
         else:
             base = self.options.retry_backoff * (2 ** (failures - 1))
             delay = min(self.options.retry_max_delay, base) * (0.5 + random.random() / 2)
-        self.progress.note(f"{retry.error.message.split(' after ')[0]}; retrying in {delay:.1f} s "
-                           f"({failures}/{self.options.max_retries})")
+        self.progress.note(f"{retry.reason}; retrying in {delay:.1f} s ({failures}/{self.options.max_retries})")
         await asyncio.sleep(delay)
 
 
