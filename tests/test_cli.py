@@ -251,14 +251,20 @@ def _screen(view: BarsView) -> str:
     return out.getvalue()
 
 
-def test_bars_show_a_total_a_row_per_named_file_and_the_latest_notice():
+def test_bars_show_a_total_a_row_per_moving_file_and_the_latest_notice():
     view = BarsView(Console(file=io.StringIO(), force_terminal=True, width=120), label="org/model")
     common = dict(total_bytes=3_000_000, files_total=3, speed_bps=1_000_000.0, eta_seconds=2.0)
+
+    def moving(name: str, done: int) -> dict:
+        return {"name": name, "downloaded_bytes": done, "total_bytes": 1_000_000, "status": "downloading"}
+
     view.show(_item(DownloadStatus.STARTING, "Starting download of org/model"))
     view.show(_item(DownloadStatus.DOWNLOADING, "Downloading org/model", downloaded_bytes=500_000,
-                    files_completed=0, current_file="a.safetensors", **common))
+                    files_completed=0, current_file="a.safetensors",
+                    active_files=[moving("a.safetensors", 500_000)], **common))
     view.show(_item(DownloadStatus.DOWNLOADING, "Downloading org/model: retrying in 2.0 s",
-                    downloaded_bytes=1_500_000, files_completed=1, current_file="b.safetensors", **common))
+                    downloaded_bytes=1_500_000, files_completed=1, current_file="b.safetensors",
+                    active_files=[moving("b.safetensors", 250_000), moving("c.safetensors", 250_000)], **common))
     during = _screen(view)
     view.show(_item(DownloadStatus.COMPLETE, "Downloaded org/model", percent=100.0, downloaded_bytes=3_000_000,
                     files_completed=3, local_path="/x", **{**common, "eta_seconds": 0.0}))
@@ -268,12 +274,13 @@ def test_bars_show_a_total_a_row_per_named_file_and_the_latest_notice():
     lines = during.splitlines()
     assert lines[0].startswith("total (1/3 files)") and "50.0%" in lines[0] and "1.5/3.0 MB" in lines[0]
     assert "1.0 MB/s" in lines[0]
-    assert lines[1].strip().startswith("a.safetensors") and lines[1].rstrip().endswith("done")
-    assert lines[2].strip().startswith("b.safetensors") and not lines[2].rstrip().endswith("done")
-    assert lines[3] == "Downloading org/model: retrying in 2.0 s"
+    assert lines[1].strip().startswith("a.safetensors") and "1.0/1.0 MB" in lines[1]
+    assert lines[2].strip().startswith("b.safetensors") and "0.2/1.0 MB" in lines[2]
+    assert lines[3].strip().startswith("c.safetensors") and "0.2/1.0 MB" in lines[3]
+    assert lines[4] == "Downloading org/model: retrying in 2.0 s"
     lines = after.splitlines()
     assert lines[0].startswith("total (3/3 files)") and "100.0%" in lines[0] and "3.0/3.0 MB" in lines[0]
-    assert all(line.rstrip().endswith("done") for line in lines[:3]) and len(lines) == 3
+    assert all("1.0/1.0 MB" in line for line in lines[1:4]) and len(lines) == 4
 
 
 def test_log_view_prints_new_messages_and_a_heartbeat_not_every_item():

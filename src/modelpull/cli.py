@@ -120,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pull.add_argument("ref", help="what to download: an http(s) URL, hf:..., mlx:... or ollama:...")
     pull.add_argument("--to", metavar="DIR", type=Path,
-                      help="models directory (default: $MODELPULL_HOME or ./models)")
+                      help="where files go: for URLs this folder (default: $MODELPULL_HOME or ./models); "
+                           "for hf:/mlx: plain files here instead of the Hugging Face cache; for ollama: "
+                           "(--direct) this Ollama store instead of $OLLAMA_MODELS")
     pull.add_argument("--sha256", metavar="HEX", type=_sha256,
                       help="expected sha256 of the file; a mismatch deletes it and fails")
     pull.add_argument("--connections", metavar="N", type=_connections,
@@ -167,7 +169,13 @@ def download_arguments(args: argparse.Namespace) -> tuple[Reference, dict[str, A
     if args.base_url is not None and ref.provider == "url":
         raise UsageError("--base-url does not apply to a URL reference; the URL is the source")
     if args.to is not None:
-        options["models_dir"] = args.to.expanduser()
+        if ref.provider in _HUB_PROVIDERS:
+            # A folder named by hand means "the files here", not a Hub cache inside it.
+            options["local_dir"] = args.to.expanduser()
+        elif ref.provider == "ollama":
+            options["models_path"] = args.to.expanduser()
+        else:
+            options["models_dir"] = args.to.expanduser()
     if args.sha256 is not None:
         options["sha256"] = args.sha256
     if args.connections is not None:
@@ -305,7 +313,6 @@ class BarsView(View):
         self._total: TaskID | None = None
         self._rows: dict[str, TaskID] = {}  # file name -> its row
         self._active: list[str] = []  # rows not yet finished, oldest first
-        self._finished_rows = 0
         self._started = False
 
     def show(self, item: DownloadProgress) -> None:
@@ -337,17 +344,25 @@ class BarsView(View):
         self._progress.update(self._total, completed=done, total=total, **fields)
 
     def _update_rows(self, item: DownloadProgress) -> None:
+        """One row per file that has moved, with its own bytes (from `active_files`)."""
         complete = item.status is DownloadStatus.COMPLETE
-        current = None if complete else item.current_file
+        moving = {f["name"]: f for f in (item.active_files or [])}
         for name in list(self._active):
-            # Never more full rows than the stream's count of finished files.
-            if name != current and (complete or self._finished_rows < (item.files_completed or 0)):
+            if complete or name not in moving:  # it left the moving set: it is done
                 self._active.remove(name)
-                self._finished_rows += 1
-                self._progress.update(self._rows[name], total=1, completed=1)
-        if current and current not in self._rows:
-            self._rows[current] = self._progress.add_task(f"  {current}", total=None, kind="file")
-            self._active.append(current)
+                task = self._progress.tasks[self._rows[name]]
+                size = task.total or task.completed
+                self._progress.update(self._rows[name], total=size, completed=size)
+        if complete:
+            return
+        for name, file in moving.items():
+            if name not in self._rows:
+                self._rows[name] = self._progress.add_task(f"  {name}", total=file.get("total_bytes"), kind="file")
+            if name not in self._active:
+                self._active.append(name)
+            self._progress.update(
+                self._rows[name], completed=file.get("downloaded_bytes") or 0, total=file.get("total_bytes")
+            )
 
     def finish(self) -> None:
         if self._started:
@@ -357,7 +372,9 @@ class BarsView(View):
 
 class _BytesColumn(DownloadColumn):
     def render(self, task: Task) -> Text:
-        return Text("") if task.fields.get("kind") == "file" else super().render(task)
+        if task.fields.get("kind") == "file" and task.total is None:
+            return Text("")
+        return super().render(task)
 
 
 class _StatusLine:
@@ -447,8 +464,9 @@ async def _consume(ref: Reference, options: dict[str, Any], token: str | None, b
 
 
 def _models_dir(options: dict[str, Any]) -> Path:
-    if "models_dir" in options:
-        return Path(options["models_dir"]).absolute()
+    for key in ("models_dir", "local_dir", "models_path"):
+        if key in options:
+            return Path(options[key]).absolute()
     return Settings.from_env().home.absolute()
 
 
