@@ -520,26 +520,28 @@ async def _serve_bytes(request: web.Request, hub_file: HubFile, headers: dict[st
     length = end - start + 1 if size else 0
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = length
-    await response.prepare(request)
-    if request.method == "HEAD" or length == 0:
-        await response.write_eof()
-        return response
-    position = start
-    while position <= end:
-        chunk_end = min(end, position + _CHUNK - 1)
-        chunk = hub_file.read_range(position, chunk_end)
-        bad = [o for o in corrupt if position <= o <= chunk_end]
-        if bad:
-            data = bytearray(chunk)
-            for offset in bad:
-                data[offset - position] ^= 0xFF
-            chunk = bytes(data)
-        await response.write(chunk)
-        position = chunk_end + 1
-        if rate:
-            if await server.sleep_unless_stopping(len(chunk) / rate):
+    try:
+        await response.prepare(request)
+        if request.method == "HEAD" or length == 0:
+            await response.write_eof()
+            return response
+        position = start
+        while position <= end:
+            chunk_end = min(end, position + _CHUNK - 1)
+            chunk = hub_file.read_range(position, chunk_end)
+            bad = [o for o in corrupt if position <= o <= chunk_end]
+            if bad:
+                data = bytearray(chunk)
+                for offset in bad:
+                    data[offset - position] ^= 0xFF
+                chunk = bytes(data)
+            await response.write(chunk)
+            position = chunk_end + 1
+            if rate and await server.sleep_unless_stopping(len(chunk) / rate):
                 break
-    await response.write_eof()
+        await response.write_eof()
+    except ConnectionResetError:  # the client went away (a cancelled download): not the server's error
+        pass
     return response
 
 

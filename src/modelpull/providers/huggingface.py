@@ -1,0 +1,364 @@
+"""Hugging Face Hub repos: metadata from `huggingface_hub`, bytes through modelpull's engine.
+
+    repo_info(revision, blobs)   -> the commit, every file with its size, git blob id, LFS sha256
+    auth-check (gated repos)     -> a clear "gated" error before any byte moves
+    plan                         -> one file per blob: {endpoint}/{repo}/resolve/{commit}/{path},
+                                    verified by sha256 (LFS) or git sha1 (regular files)
+    finalize                     -> snapshot symlinks, refs/<revision>, trees/<commit>.json
+                                    (or plain files and their metadata in `local_dir`)
+
+The token goes to the Hub only: the engine drops `authorization` on the redirect to the CDN.
+
+Errors, each with its own code: repo_not_found, gated_repo, gated_no_access, invalid_token,
+revision_not_found, entry_not_found, rate_limited (after honouring Retry-After), hub_error (5xx),
+hub_unreachable, invalid_request.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+from urllib.parse import quote
+
+from huggingface_hub import HfApi
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import filter_repo_objects
+
+from .._errors import (
+    AccessDenied,
+    AuthenticationRequired,
+    ConnectionFailed,
+    InvalidRequest,
+    ModelPullError,
+    NotFound,
+    RateLimited,
+    ServerError,
+)
+from .._plan import DownloadRequest, Plan, PlannedFile, TransferOptions
+from ..transfer._http import retry_after_seconds
+from ._base import Provider
+from ._hf_cache import HubCache, LocalDir, RepoFile, default_cache_dir
+
+try:  # the HTTP client of huggingface_hub 2.x; 1.x used httpx
+    import httpx2 as _hub_http
+except ImportError:  # pragma: no cover
+    import httpx as _hub_http  # type: ignore[no-redef]
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+REPO_TYPES = ("model", "dataset")
+_COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+_RETRYABLE_HUB_STATUSES = {408, 429, 500, 502, 503, 504}
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class HubTarget:
+    """Which repo, where the Hub is, who asks, and where the files go."""
+
+    repo_id: str
+    repo_type: str
+    revision: str
+    endpoint: str
+    token: str | None = dataclasses.field(repr=False)
+    cache_dir: Path | None  # None when `local_dir` is set
+    local_dir: Path | None
+
+    @property
+    def kind(self) -> str:
+        return "Dataset" if self.repo_type == "dataset" else "Model"
+
+    @property
+    def page(self) -> str:
+        """The repo's web page, where gated access is requested."""
+        prefix = "datasets/" if self.repo_type == "dataset" else ""
+        return f"{self.endpoint}/{prefix}{self.repo_id}"
+
+    def file_url(self, commit: str, path: str) -> str:
+        prefix = "datasets/" if self.repo_type == "dataset" else ""
+        return f"{self.endpoint}/{prefix}{self.repo_id}/resolve/{quote(commit, safe='')}/{quote(path)}"
+
+
+@dataclasses.dataclass
+class RepoListing:
+    commit: str
+    files: list[RepoFile]
+
+
+class HuggingFaceProvider(Provider):
+    """A repo on the Hugging Face Hub, fetched into the Hub cache (or a plain `local_dir`)."""
+
+    name = "huggingface"
+    option_names = frozenset(
+        {"revision", "filename", "allow_patterns", "ignore_patterns", "repo_type", "cache_dir", "local_dir"}
+    )
+
+    def describe(self, request: DownloadRequest) -> str:
+        return f"{self.repo_id(request.model)} from the Hugging Face Hub"
+
+    def repo_id(self, model: str) -> str:
+        """The repo a model name means (MLX maps bare names to its community org)."""
+        return model
+
+    def check_listing(self, target: HubTarget, files: list[RepoFile]) -> None:
+        """A hook to refuse a repo from its listing, before any byte moves."""
+
+    def check_snapshot(self, target: HubTarget, folder: Path, files: list[RepoFile]) -> None:
+        """A hook to check the files on disk after the download."""
+
+    async def plan(self, request: DownloadRequest, context: Any) -> Plan:
+        target = self.target(request)
+        listing = await HubClient(target, request.transfer).listing()
+        self.check_listing(target, listing.files)
+        selected = select_files(target, listing, request.options)
+        # One file asked for by name: report that file's path, as hf_hub_download returns it.
+        single = selected[0].path if request.options.get("filename") else None
+        if target.local_dir is not None:
+            return self._plan_local_dir(target, listing, selected, single)
+        return self._plan_cache(target, listing, selected, single)
+
+    def target(self, request: DownloadRequest) -> HubTarget:
+        options = request.options
+        repo_type = options.get("repo_type") or "model"
+        if repo_type not in REPO_TYPES:
+            raise InvalidRequest(f"repo_type must be one of {', '.join(REPO_TYPES)}, got {repo_type!r}")
+        revision = options.get("revision") or "main"
+        if not isinstance(revision, str) or ".." in revision.split("/") or revision.startswith("/"):
+            raise InvalidRequest(f"invalid revision {revision!r}")
+        endpoint = (request.base_url or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+        token = request.token or os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+        local_dir = options.get("local_dir")
+        cache_dir = options.get("cache_dir")
+        return HubTarget(
+            repo_id=self.repo_id(request.model),
+            repo_type=repo_type,
+            revision=revision,
+            endpoint=endpoint,
+            token=token,
+            cache_dir=None if local_dir else (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()),
+            local_dir=Path(local_dir).expanduser() if local_dir else None,
+        )
+
+    def _plan_cache(self, target: HubTarget, listing: RepoListing, selected: list[RepoFile],
+                    single: str | None) -> Plan:
+        assert target.cache_dir is not None
+        cache = HubCache(target.cache_dir, target.repo_id, target.repo_type)
+        planned: dict[str, PlannedFile] = {}
+        for file in selected:  # files with the same bytes share one blob: fetch it once
+            if file.etag not in planned:
+                planned[file.etag] = self._planned(target, listing.commit, file, cache.blob(file),
+                                                   present=cache.has_blob(file))
+        snapshot = cache.snapshot(listing.commit)
+
+        async def finalize() -> None:
+            def write() -> None:
+                cache.tag()
+                for file in selected:
+                    cache.link(listing.commit, file)
+                cache.write_ref(target.revision, listing.commit)
+                cache.write_tree(listing.commit, listing.files)
+            await asyncio.to_thread(write)
+
+        async def check() -> None:
+            await asyncio.to_thread(self.check_snapshot, target, snapshot, selected)
+
+        return Plan(label=_label(target), files=list(planned.values()), local_path=_within(snapshot, single),
+                    finalize=finalize, check=check)
+
+    def _plan_local_dir(self, target: HubTarget, listing: RepoListing, selected: list[RepoFile],
+                        single: str | None) -> Plan:
+        assert target.local_dir is not None
+        folder = LocalDir(target.local_dir)
+        files = [self._planned(target, listing.commit, f, folder.path(f), present=folder.has_file(f))
+                 for f in selected]
+
+        async def finalize() -> None:
+            def write() -> None:
+                for file in selected:
+                    folder.record(listing.commit, file)
+                folder.write_tree(listing.commit, listing.files)
+            await asyncio.to_thread(write)
+
+        async def check() -> None:
+            await asyncio.to_thread(self.check_snapshot, target, target.local_dir, selected)
+
+        return Plan(label=_label(target), files=files, local_path=_within(target.local_dir, single),
+                    finalize=finalize, check=check)
+
+    @staticmethod
+    def _planned(target: HubTarget, commit: str, file: RepoFile, dest: Path, *, present: bool) -> PlannedFile:
+        return PlannedFile(
+            url=target.file_url(commit, file.path),
+            dest=dest,
+            name=file.path,
+            size=file.size,
+            sha256=file.lfs_sha256,
+            git_sha1=None if file.lfs_sha256 else file.blob_id,
+            headers={"authorization": f"Bearer {target.token}"} if target.token else {},
+            present=present,
+        )
+
+
+def select_files(target: HubTarget, listing: RepoListing, options: dict[str, Any]) -> list[RepoFile]:
+    """The files `filename` / `allow_patterns` / `ignore_patterns` ask for; entry_not_found if none."""
+    where = f"{target.kind.lower()} '{target.repo_id}' at revision '{target.revision}'"
+    filename = options.get("filename")
+    if filename:
+        chosen = [f for f in listing.files if f.path == filename]
+        if not chosen:
+            raise NotFound(f"File '{filename}' not found in {where}", code="entry_not_found")
+        return chosen
+    allow, ignore = options.get("allow_patterns"), options.get("ignore_patterns")
+    chosen = list(filter_repo_objects(listing.files, allow_patterns=allow, ignore_patterns=ignore,
+                                      key=lambda f: f.path))
+    if not chosen:
+        asked = ", ".join(f"{name}={value!r}" for name, value in
+                          (("allow_patterns", allow), ("ignore_patterns", ignore)) if value)
+        raise NotFound(f"No file in {where} matches {asked}" if asked else f"The {where} has no files",
+                       code="entry_not_found")
+    return chosen
+
+
+class HubClient:
+    """`huggingface_hub.HfApi` off the event loop: 429s and 5xx retried, errors made readable."""
+
+    def __init__(self, target: HubTarget, transfer: TransferOptions) -> None:
+        self.target = target
+        self.transfer = transfer
+        # token=False: send exactly the token modelpull resolved, never one from ~/.cache/huggingface.
+        self.api = HfApi(endpoint=target.endpoint, token=target.token or False, library_name="modelpull")
+        self.timeout = max(transfer.connect_timeout, 10.0)
+
+    async def listing(self) -> RepoListing:
+        target = self.target
+        info = await self.call(self.api.repo_info, target.repo_id, repo_type=target.repo_type,
+                               revision=target.revision, files_metadata=True, timeout=self.timeout)
+        if not info.sha or not _COMMIT_SHA.fullmatch(info.sha):
+            raise ModelPullError(
+                f"the Hub at {target.endpoint} answered without a commit for {target.repo_id}: "
+                "check that HF_ENDPOINT points at a Hugging Face Hub", code="hub_error")
+        if info.gated:
+            # A gated repo's listing is public; its files are not. Ask now rather than fail mid-download.
+            await self.call(self.api.auth_check, target.repo_id, repo_type=target.repo_type)
+        files = [
+            RepoFile(path=s.rfilename, size=s.lfs.size if s.lfs else (s.size or 0), blob_id=s.blob_id or "",
+                     lfs_sha256=s.lfs.sha256 if s.lfs else None)
+            for s in info.siblings or []
+        ]
+        for file in files:
+            if not file.blob_id:
+                raise ModelPullError(f"the Hub listed {file.path} without its blob id", code="hub_error")
+            if any(part in ("", ".", "..") for part in file.path.split("/")):  # it would land outside the folder
+                raise ModelPullError(f"the Hub listed an unsafe file path {file.path!r}", code="hub_error")
+        return RepoListing(commit=info.sha, files=files)
+
+    async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        failures = 0
+        while True:
+            try:
+                return await asyncio.to_thread(function, *args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - every failure is mapped or retried below
+                failures += 1
+                delay = self._retry_delay(exc, failures)
+                if delay is None:
+                    raise self.error_for(exc, failures) from None
+                await asyncio.sleep(delay)
+
+    def _retry_delay(self, exc: Exception, failures: int) -> float | None:
+        """Seconds to wait before trying again, or None to give up."""
+        if failures > self.transfer.max_retries:
+            return None
+        status = _status(exc)
+        transport = isinstance(exc, _hub_http.TransportError) and not isinstance(exc, _hub_http.ProxyError)
+        if status not in _RETRYABLE_HUB_STATUSES and not transport:
+            return None
+        backoff = self.transfer.retry_backoff * 2 ** (failures - 1) * random.uniform(0.75, 1.25)
+        if status == 429:
+            response = getattr(exc, "response", None)
+            told = retry_after_seconds(response.headers) if response is not None else None
+            if told is not None:
+                backoff = told
+        return min(backoff, self.transfer.retry_max_delay)
+
+    def error_for(self, exc: Exception, failures: int = 1) -> ModelPullError:
+        """The modelpull error for what `huggingface_hub` raised."""
+        target = self.target
+        name = f"{target.kind} '{target.repo_id}'"
+        # GatedRepoError subclasses RepositoryNotFoundError: test it first, or a gated repo reads as missing.
+        if isinstance(exc, GatedRepoError):
+            if target.token:
+                return AccessDenied(
+                    f"{name} is gated and your Hugging Face token has no access to it yet: request access "
+                    f"at {target.page} and retry once it is granted", code="gated_no_access")
+            return AuthenticationRequired(
+                f"{name} is gated: provide a Hugging Face token with token= or HF_TOKEN "
+                f"(after requesting access at {target.page})", code="gated_repo")
+        if isinstance(exc, RevisionNotFoundError):
+            return NotFound(f"Revision '{target.revision}' not found in {target.kind.lower()} '{target.repo_id}' "
+                            "on Hugging Face Hub",
+                            code="revision_not_found")
+        if isinstance(exc, RepositoryNotFoundError):
+            hint = ("; if it is private, provide a token with token= or HF_TOKEN" if not target.token
+                    else "; if it is private, check that your token can read it")
+            return NotFound(f"{name} not found on Hugging Face Hub{hint}", code="repo_not_found")
+        if isinstance(exc, EntryNotFoundError):
+            return NotFound(f"{exc}", code="entry_not_found")
+        if isinstance(exc, HFValidationError):
+            return InvalidRequest(f"'{target.repo_id}' is not a valid Hugging Face repo id: {exc}")
+        status = _status(exc)
+        if status == 401:
+            if target.token:
+                return AuthenticationRequired(
+                    "The Hugging Face token was rejected (invalid or expired): check token= or HF_TOKEN",
+                    code="invalid_token")
+            return AuthenticationRequired(f"{name} needs a Hugging Face token: provide one with token= or HF_TOKEN")
+        if status == 403:
+            return AccessDenied(f"The Hugging Face Hub refused access to {name} (HTTP 403)")
+        if status == 429:
+            return RateLimited(
+                f"The Hugging Face Hub is rate limiting requests (HTTP 429), still after {failures - 1} "
+                "retries: wait a few minutes and try again, or use a token (higher limits)")
+        if status is not None and status >= 500:
+            return ServerError(f"The Hugging Face Hub at {target.endpoint} failed (HTTP {status}) "
+                               f"after {failures - 1} retries: try again later", code="hub_error")
+        if isinstance(exc, OfflineModeIsEnabled):
+            return ConnectionFailed(
+                f"Cannot connect to Hugging Face Hub at {target.endpoint}: HF_HUB_OFFLINE is set",
+                code="hub_unreachable")
+        if isinstance(exc, (_hub_http.TransportError, OSError)):
+            return ConnectionFailed(f"Cannot connect to Hugging Face Hub at {target.endpoint} ({_reason(exc)})",
+                                    code="hub_unreachable")
+        if status is not None:
+            return ModelPullError(f"The Hugging Face Hub answered HTTP {status} for {name}", code="hub_error")
+        raise exc
+
+
+def _status(exc: Exception) -> int | None:
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        return exc.response.status_code
+    return None
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip() or exc.__class__.__name__
+    return text.splitlines()[0][:200]
+
+
+def _within(folder: Path, path: str | None) -> Path:
+    return folder.joinpath(*path.split("/")) if path else folder
+
+
+def _label(target: HubTarget) -> str:
+    revision = target.revision[:12] if _COMMIT_SHA.fullmatch(target.revision) else target.revision
+    return f"{target.repo_id} @ {revision}"
