@@ -1,0 +1,139 @@
+"""`modelpull serve`: flags over MODELPULL_* variables over defaults, then uvicorn.
+
+    python -m modelpull.server.cli [--host H] [--port P] [--models-dir D] ...
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .._settings import Settings
+
+_DESCRIPTION = """\
+Serve the modelpull download manager: Kolosal-compatible REST routes, Server-Sent Events,
+AbstractCore's download stream. Every flag overrides its MODELPULL_* environment variable.
+API reference: docs/server-api.md; OpenAPI at /docs once running."""
+
+
+def build_parser(defaults: Settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelpull serve", description=_DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--host", default=defaults.host, help=f"address to bind (MODELPULL_HOST, default {defaults.host})")
+    add("--port", type=int, default=defaults.port, help=f"port, 0 for any free one (MODELPULL_PORT, default {defaults.port})")
+    add("--models-dir", type=Path, default=defaults.home, help=f"where downloads land (MODELPULL_HOME, default {defaults.home})")
+    add("--database", type=Path, default=defaults.database,
+        help="SQLite file of jobs and engines (MODELPULL_DATABASE, default <models-dir>/.modelpull/state.db)")
+    add("--max-active-jobs", type=int, default=defaults.max_active_jobs,
+        help=f"downloads running at once; the rest wait as queued (MODELPULL_MAX_ACTIVE_JOBS, default {defaults.max_active_jobs})")
+    add("--max-connections-per-host", type=int, default=defaults.max_connections_per_host,
+        help=f"HTTP connections to one host, all jobs together (MODELPULL_MAX_CONNECTIONS_PER_HOST, default {defaults.max_connections_per_host})")
+    add("--connections", type=int, default=defaults.connections,
+        help=f"connections per large file (MODELPULL_CONNECTIONS, default {defaults.connections})")
+    add("--api-key", default=defaults.api_key,
+        help="require 'Authorization: Bearer <key>' on every route but /health (MODELPULL_API_KEY)")
+    add("--retention-seconds", type=float, default=defaults.retention_seconds,
+        help=f"how long finished jobs stay listed (MODELPULL_RETENTION_SECONDS, default {defaults.retention_seconds:g})")
+    policy = parser.add_mutually_exclusive_group()
+    policy.add_argument("--allow-private-urls", dest="allow_private_urls", action="store_true",
+                        default=defaults.allow_private_urls,
+                        help="allow URLs to loopback and private networks (MODELPULL_ALLOW_PRIVATE_URLS); "
+                             "link-local and cloud metadata addresses stay refused")
+    policy.add_argument("--deny-private-urls", dest="allow_private_urls", action="store_false")
+    add("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default info")
+    add("--log-format", default="json", choices=["json", "text"], help="structured JSON lines (default) or text")
+    return parser
+
+
+def settings_from_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespace]:
+    defaults = Settings.from_env()
+    args = build_parser(defaults).parse_args(list(argv))
+    settings = dataclasses.replace(
+        defaults,
+        host=args.host,
+        port=args.port,
+        home=args.models_dir,
+        database=args.database,
+        max_active_jobs=args.max_active_jobs,
+        max_connections_per_host=args.max_connections_per_host,
+        connections=args.connections,
+        api_key=args.api_key or None,
+        retention_seconds=args.retention_seconds,
+        allow_private_urls=args.allow_private_urls,
+    )
+    return settings, args
+
+
+def _check(settings: Settings) -> str | None:
+    if settings.max_active_jobs < 1:
+        return "--max-active-jobs must be at least 1"
+    if settings.max_connections_per_host < 1:
+        return "--max-connections-per-host must be at least 1"
+    if settings.connections < 1:
+        return "--connections must be at least 1"
+    if settings.retention_seconds < 0:
+        return "--retention-seconds must be 0 or more"
+    if not 0 <= settings.port <= 65535:
+        return "--port must be from 0 to 65535"
+    return None
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    """Run the server until interrupted; 0 on a clean stop, 2 on bad usage."""
+    settings, args = settings_from_args(argv)
+    problem = _check(settings)
+    if problem:
+        print(f"modelpull serve: {problem}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from .app import create_app
+    from .logs import configure_logging
+
+    configure_logging(args.log_level, args.log_format)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # configure_logging already routed uvicorn's loggers
+        access_log=False,  # the app's access log redacts secrets in query strings
+        timeout_graceful_shutdown=3,  # open SSE streams must not hold a shutdown forever
+        lifespan="on",
+    )
+    server = _server_class()(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    return 0 if server.started else 1
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn, plus one log line with the port really bound (useful with --port 0)."""
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            for server in getattr(self, "servers", []):
+                for sock in server.sockets:
+                    host, port = sock.getsockname()[:2]
+                    logging.getLogger("modelpull.server").info(
+                        "listening on http://%s:%s", host, port, extra={"host": host, "port": port})
+                    return
+
+    return Server
+
+
+def main() -> None:
+    sys.exit(serve_main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

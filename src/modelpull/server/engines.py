@@ -1,0 +1,367 @@
+"""Engines: Kolosal's named model registrations, validated, inspected and persisted.
+
+An engine is created when its file is on disk: at once for a local file or a finished download,
+or by the manager when the download it waits for completes. Creation reads the file's header:
+GGUF metadata (architecture, parameter count, quantisation, context length) through the `gguf`
+package, or a safetensors header. Anything else fails creation with a message that says so.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import struct
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ApiError, bad_request
+from .security import valid_id
+from .store import JobStore
+
+# name: (default, minimum, maximum); a maximum given as a name is another parameter's value.
+_INT_LIMITS: dict[str, tuple[int, int, int | str]] = {
+    "n_ctx": (4096, 1, 1_000_000),
+    "n_keep": (2048, 0, "n_ctx"),
+    "n_batch": (2048, 1, 8192),
+    "n_ubatch": (512, 1, "n_batch"),
+    "n_parallel": (1, 1, 16),
+    "n_gpu_layers": (100, 0, 1000),
+}
+_BOOL_DEFAULTS = {"use_mlock": True, "use_mmap": True, "cont_batching": True, "warmup": False}
+# Kolosal's order, for answers that look like its own.
+PARAMETER_ORDER = (
+    "n_ctx", "n_keep", "use_mlock", "use_mmap", "cont_batching", "warmup", "n_parallel",
+    "n_gpu_layers", "n_batch", "n_ubatch",
+)
+MAIN_GPU_RANGE = (-1, 15)
+
+
+@dataclasses.dataclass
+class EngineRequest:
+    """A validated `POST /engines` body."""
+
+    engine_id: str
+    model_path: str
+    load_immediately: bool = True
+    main_gpu_id: int = 0
+    loading_parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
+    token: str | None = None  # for the download only; never stored
+    sha256: str | None = None
+
+    def creation_info(self) -> dict[str, Any]:
+        """What a waiting download records about the engine it will create (no token)."""
+        return {
+            "engine_id": self.engine_id,
+            "model_path": self.model_path,
+            "load_immediately": self.load_immediately,
+            "main_gpu_id": self.main_gpu_id,
+            "loading_parameters": self.loading_parameters,
+        }
+
+    @classmethod
+    def from_creation_info(cls, info: dict[str, Any]) -> "EngineRequest":
+        return cls(
+            engine_id=info["engine_id"], model_path=info["model_path"],
+            load_immediately=info["load_immediately"], main_gpu_id=info["main_gpu_id"],
+            loading_parameters=dict(info["loading_parameters"]),
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_engine_request(body: Any) -> EngineRequest:
+    """Validate a `POST /engines` body; ApiError 400 naming the field otherwise."""
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object", code="invalid_json")
+    known = {"engine_id", "model_path", "load_immediately", "main_gpu_id", "loading_parameters", "token", "sha256"}
+    engine_id = body.get("engine_id")
+    if not isinstance(engine_id, str) or not engine_id:
+        raise bad_request("'engine_id' is required and must be a string", "engine_id", "missing_engine_id")
+    if not valid_id(engine_id):
+        raise bad_request(
+            f"Invalid engine_id: use 1 to 128 characters from A-Z a-z 0-9 . _ : -", "engine_id", "invalid_engine_id"
+        )
+    model_path = body.get("model_path")
+    if not isinstance(model_path, str) or not model_path.strip():
+        raise bad_request("'model_path' is required and must be a non-empty string", "model_path", "missing_model_path")
+    load_immediately = body.get("load_immediately", True)
+    if not isinstance(load_immediately, bool):
+        raise bad_request("'load_immediately' must be true or false", "load_immediately", "invalid_parameter")
+    main_gpu_id = body.get("main_gpu_id", 0)
+    if not _is_int(main_gpu_id) or not MAIN_GPU_RANGE[0] <= main_gpu_id <= MAIN_GPU_RANGE[1]:
+        raise bad_request(
+            f"'main_gpu_id' must be an integer from {MAIN_GPU_RANGE[0]} (automatic) to {MAIN_GPU_RANGE[1]}",
+            "main_gpu_id", "invalid_parameter",
+        )
+    token = body.get("token")
+    if token is not None and not isinstance(token, str):
+        raise bad_request("'token' must be a string", "token", "invalid_parameter")
+    sha256 = body.get("sha256")
+    if sha256 is not None and (not isinstance(sha256, str) or len(sha256) != 64
+                               or any(c not in "0123456789abcdefABCDEF" for c in sha256)):
+        raise bad_request("'sha256' must be 64 hexadecimal characters", "sha256", "invalid_parameter")
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise bad_request(f"Unknown field '{unknown[0]}' (known: {', '.join(sorted(known))})", unknown[0], "unknown_field")
+    return EngineRequest(
+        engine_id=engine_id, model_path=model_path.strip(), load_immediately=load_immediately,
+        main_gpu_id=main_gpu_id, loading_parameters=validate_loading_parameters(body.get("loading_parameters")),
+        token=token or None, sha256=sha256.lower() if sha256 else None,
+    )
+
+
+def validate_loading_parameters(raw: Any) -> dict[str, Any]:
+    """Kolosal's loading parameters with defaults filled in; ApiError 400 naming the bad one."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise bad_request("'loading_parameters' must be an object", "loading_parameters", "invalid_parameter")
+    unknown = sorted(set(raw) - set(PARAMETER_ORDER))
+    if unknown:
+        raise bad_request(
+            f"Unknown loading parameter 'loading_parameters.{unknown[0]}' (known: {', '.join(PARAMETER_ORDER)})",
+            f"loading_parameters.{unknown[0]}", "invalid_parameter",
+        )
+    values: dict[str, Any] = {}
+    for name, default in _BOOL_DEFAULTS.items():
+        value = raw.get(name, default)
+        if not isinstance(value, bool):
+            raise bad_request(f"'loading_parameters.{name}' must be true or false",
+                              f"loading_parameters.{name}", "invalid_parameter")
+        values[name] = value
+    for name, (default, _, _) in _INT_LIMITS.items():
+        value = raw.get(name, default)
+        if not _is_int(value):
+            raise bad_request(f"'loading_parameters.{name}' must be an integer",
+                              f"loading_parameters.{name}", "invalid_parameter")
+        values[name] = value
+    for name, (_, minimum, maximum) in _INT_LIMITS.items():
+        upper = values[maximum] if isinstance(maximum, str) else maximum
+        if not minimum <= values[name] <= upper:
+            bound = f"{maximum} ({upper})" if isinstance(maximum, str) else f"{upper:,}"
+            raise bad_request(
+                f"'loading_parameters.{name}' is {values[name]}: it must be from {minimum} to {bound}",
+                f"loading_parameters.{name}", "invalid_parameter",
+            )
+    return {name: values[name] for name in PARAMETER_ORDER}
+
+
+# ------------------------------------------------------------------------------ inspection
+
+
+class UnsupportedModel(Exception):
+    """The file is not a model an engine can be created from."""
+
+
+def inspect_model_file(path: Path) -> dict[str, Any]:
+    """Format and metadata of a model file (or a folder holding one); UnsupportedModel otherwise."""
+    if path.is_dir():
+        candidates = sorted(path.rglob("*.gguf")) or sorted(path.rglob("*.safetensors"))
+        if not candidates:
+            raise UnsupportedModel(f"'{path}' holds no .gguf or .safetensors file")
+        if candidates[0].suffix == ".safetensors":
+            infos = [_inspect_safetensors(p) for p in candidates]
+            merged = dict(infos[0])
+            merged["parameter_count"] = sum(i["parameter_count"] or 0 for i in infos)
+            merged["file_size"] = sum(i["file_size"] for i in infos)
+            merged["files"] = len(infos)
+            return merged
+        path = candidates[0]
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise UnsupportedModel(f"Cannot read '{path}': {exc.strerror or exc}") from None
+    if head[:4] == b"GGUF":
+        return _inspect_gguf(path)
+    if len(head) == 8 and path.stat().st_size > 8:
+        header_len = struct.unpack("<Q", head)[0]
+        if 2 <= header_len <= 100 * 1024 * 1024 and header_len + 8 <= path.stat().st_size:
+            try:
+                return _inspect_safetensors(path)
+            except UnsupportedModel:
+                pass
+    raise UnsupportedModel(
+        f"'{path.name}' is neither a GGUF nor a safetensors model file (it starts with bytes "
+        f"{head[:4].hex()}); an engine needs a .gguf file, or .safetensors weights"
+    )
+
+
+def _inspect_gguf(path: Path) -> dict[str, Any]:
+    import gguf  # imported here: it pulls numpy, which the rest of the server does not need
+
+    try:
+        reader = gguf.GGUFReader(str(path), "r")
+    except Exception as exc:  # the gguf package raises ValueError, struct.error, IndexError...
+        raise UnsupportedModel(f"'{path.name}' has a GGUF signature but cannot be read: {exc}") from None
+
+    def field(name: str) -> Any:
+        entry = reader.get_field(name)
+        if entry is None:
+            return None
+        try:
+            return entry.contents()
+        except Exception:
+            return None
+
+    architecture = field("general.architecture")
+    parameter_count = field("general.parameter_count")
+    if not isinstance(parameter_count, int):
+        parameter_count = 0
+        for tensor in reader.tensors:
+            count = 1
+            for dim in tensor.shape:
+                count *= int(dim)
+            parameter_count += count
+    quantization = None
+    file_type = field("general.file_type")
+    if isinstance(file_type, int):
+        try:
+            quantization = gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        except ValueError:
+            quantization = None
+    if quantization is None and reader.tensors:
+        counts: dict[str, int] = {}
+        for tensor in reader.tensors:
+            counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + int(tensor.n_elements)
+        quantization = max(counts, key=counts.__getitem__)
+    context_length = field(f"{architecture}.context_length") if architecture else None
+    return {
+        "format": "gguf",
+        "architecture": architecture,
+        "name": field("general.name"),
+        "parameter_count": parameter_count,
+        "quantization": quantization,
+        "context_length": context_length if isinstance(context_length, int) else None,
+        "tensor_count": len(reader.tensors),
+        "file_size": path.stat().st_size,
+    }
+
+
+def _inspect_safetensors(path: Path) -> dict[str, Any]:
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        raw_len = handle.read(8)
+        if len(raw_len) < 8:
+            raise UnsupportedModel(f"'{path.name}' is too short to be a safetensors file")
+        header_len = struct.unpack("<Q", raw_len)[0]
+        if header_len + 8 > size or header_len > 100 * 1024 * 1024:
+            raise UnsupportedModel(f"'{path.name}' is not a safetensors file (bad header length)")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (ValueError, UnicodeDecodeError):
+            raise UnsupportedModel(f"'{path.name}' is not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise UnsupportedModel(f"'{path.name}' is not a safetensors file (header is not an object)")
+    parameter_count = 0
+    dtypes: dict[str, int] = {}
+    for name, tensor in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(tensor, dict) or "shape" not in tensor or "dtype" not in tensor:
+            raise UnsupportedModel(f"'{path.name}' is not a safetensors file (tensor '{name}' is malformed)")
+        count = 1
+        for dim in tensor["shape"]:
+            count *= int(dim)
+        parameter_count += count
+        dtypes[str(tensor["dtype"])] = dtypes.get(str(tensor["dtype"]), 0) + count
+    return {
+        "format": "safetensors",
+        "architecture": None,
+        "name": None,
+        "parameter_count": parameter_count,
+        "quantization": None,
+        "dtype": max(dtypes, key=dtypes.__getitem__) if dtypes else None,
+        "context_length": None,
+        "tensor_count": sum(1 for k in header if k != "__metadata__"),
+        "file_size": size,
+    }
+
+
+# ------------------------------------------------------------------------------ registry
+
+
+def _shown(model_path: str) -> str:
+    """A model path as stored and shown: a URL loses its query string (signatures, tokens)."""
+    if model_path.lower().startswith(("http://", "https://")):
+        from ..transfer import public_url
+
+        return public_url(model_path)
+    return model_path
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class EngineRegistry:
+    """The engines the server knows, in memory and in the store; `on_change` feeds `/events`."""
+
+    def __init__(self, store: JobStore, on_change: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        self._store = store
+        self._engines: dict[str, dict[str, Any]] = {e["engine_id"]: e for e in store.load_engines()}
+        self._on_change = on_change or (lambda kind, data: None)
+
+    def get(self, engine_id: str) -> dict[str, Any] | None:
+        return self._engines.get(engine_id)
+
+    def all(self) -> list[dict[str, Any]]:
+        return list(self._engines.values())
+
+    def taken(self, engine_id: str) -> bool:
+        """True when a working engine has this id (a failed one may be replaced)."""
+        engine = self._engines.get(engine_id)
+        return engine is not None and engine["status"] != "failed"
+
+    async def create(self, request: EngineRequest, local_path: Path, download_id: str | None) -> dict[str, Any]:
+        """Inspect `local_path` and register the engine; UnsupportedModel leaves a `failed` record."""
+        try:
+            info = await asyncio.to_thread(inspect_model_file, local_path)
+        except UnsupportedModel as exc:
+            self._put(self._record(request, local_path, download_id, None, str(exc)))
+            raise
+        return self._put(self._record(request, local_path, download_id, info, None))
+
+    def remove(self, engine_id: str) -> dict[str, Any] | None:
+        engine = self._engines.pop(engine_id, None)
+        if engine is not None:
+            self._store.delete_engine(engine_id)
+            self._on_change("engine-removed", {"engine_id": engine_id})
+        return engine
+
+    def _record(
+        self, request: EngineRequest, local_path: Path, download_id: str | None,
+        info: dict[str, Any] | None, error: str | None,
+    ) -> dict[str, Any]:
+        if error:
+            status = "failed"
+        else:
+            status = "loaded" if request.load_immediately else "created"
+        return {
+            "engine_id": request.engine_id,
+            "status": status,
+            "model_path": _shown(request.model_path),
+            "local_path": str(local_path),
+            "load_immediately": request.load_immediately,
+            "main_gpu_id": request.main_gpu_id,
+            "loading_parameters": request.loading_parameters,
+            "download_id": download_id,
+            "model_info": info,
+            "error_message": error,
+            "created_at": _now_ms(),
+        }
+
+    def _put(self, record: dict[str, Any]) -> dict[str, Any]:
+        self._engines[record["engine_id"]] = record
+        self._store.save_engine(record)
+        self._on_change("engine", record)
+        return record
+
+
+__all__ = [
+    "EngineRegistry", "EngineRequest", "UnsupportedModel", "inspect_model_file",
+    "parse_engine_request", "validate_loading_parameters", "ApiError",
+]

@@ -1,0 +1,808 @@
+"""The download manager: jobs as asyncio tasks, scheduled, shared, persisted and fanned out.
+
+Life of a job:
+
+    submit()  -> queued (stored)  -> a free slot: a Transfer starts download_model()
+                                     the same source already moving: the job follows that Transfer
+    progress items -> every following job -> events to subscribers (coalesced) -> store (throttled)
+    final item -> completed / failed / cancelled; an engine waiting for the file is created
+    pause / cancel -> the job leaves its Transfer at once; a Transfer nobody follows is stopped
+                      in the background (pause keeps the partial data, cancel deletes it)
+    restart -> unfinished jobs are queued again and resume from their partial data
+    retention -> finished jobs are pruned after `retention_seconds`
+
+At most `max_active_jobs` transfers run at once; transfers that write the same files (same
+provider and model) never run at the same time.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from .. import _api
+from .._errors import ModelPullError
+from .._plan import TransferOptions
+from .._progress import DownloadProgress, DownloadStatus
+from .._refs import parse_reference
+from .._run import DownloadControl, error_item
+from .._settings import Settings
+from ..providers import canonical_name, get_provider
+from ..providers.url import suggest_filename
+from ..transfer import partial_paths, remove_partial
+from . import jobs as J
+from .engines import EngineRegistry, EngineRequest, UnsupportedModel
+from .errors import ApiError, bad_request, not_found
+from .jobs import Job, now_ms
+from .logs import SECRETS
+from .security import PolicyResolver, UrlRefused, check_url, redact, resolve_inside, valid_id
+from .store import JobStore
+
+log = logging.getLogger("modelpull.server")
+
+PUBLISH_INTERVAL = 0.25  # progress events at most this often per job
+SAVE_INTERVAL = 1.0  # progress written to the store at most this often
+SUBSCRIBER_QUEUE = 1000  # events a slow SSE client may lag behind before it is dropped
+# Options that change how bytes move, not which bytes: jobs differing only in these share a transfer.
+_TUNING_OPTIONS = frozenset(TransferOptions.NAMES) - {"sha256"}
+
+
+@dataclasses.dataclass(eq=False)
+class Transfer:
+    """One running download_model() call, followed by one or more jobs."""
+
+    source_key: str
+    lock_key: str
+    job_ids: list[str]
+    control: DownloadControl = dataclasses.field(default_factory=DownloadControl)
+    task: asyncio.Task | None = None
+    last: DownloadProgress | None = None
+    stopping: bool = False
+    baseline_bytes: int | None = None  # bytes on disk when it started (not counted as downloaded)
+    counted_bytes: int = 0
+
+
+@dataclasses.dataclass
+class EngineAddResult:
+    """What `add_engine` did: `kind` is created, started, resuming or in_progress."""
+
+    kind: str
+    engine: dict[str, Any] | None = None
+    job: Job | None = None
+
+
+class Subscriber:
+    """An SSE client's queue of events. `closed` when it fell too far behind or the server stops."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE)
+        self.closed = False
+
+    def put(self, event: Any) -> None:
+        if self.closed:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+        if self.queue.full():  # make room for the end marker
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+
+class DownloadManager:
+    """Owns every job, the shared HTTP session and the scheduling of transfers."""
+
+    def __init__(self, settings: Settings, store: JobStore, engines: EngineRegistry) -> None:
+        self.settings = settings
+        self.models_dir = Path(settings.home).expanduser()
+        self.store = store
+        self.engines = engines
+        self.jobs: dict[str, Job] = {}
+        self._queue: collections.deque[str] = collections.deque()
+        self._transfers: dict[str, Transfer] = {}  # source_key -> running transfer (not stopping)
+        self._locks: dict[str, Transfer] = {}  # lock_key -> transfer holding the files
+        self._running: set[Transfer] = set()  # every transfer whose task has not ended
+        self._subscribers: set[Subscriber] = set()  # /events
+        self._seq = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._background: list[asyncio.Task] = []
+        self._closing = False
+        self.started = time.time()
+        # Metrics.
+        self.downloaded_bytes_total = 0
+        self.failures: collections.Counter[str] = collections.Counter()
+        self.completed_total = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self._session = self._new_session()
+        for record in self.store.load_jobs():
+            try:
+                job = Job.from_record(record)
+            except (TypeError, KeyError):
+                log.warning("skipping an unreadable stored job", extra={"record_id": record.get("id")})
+                continue
+            self.jobs[job.id] = job
+            if job.status in (J.QUEUED, J.DOWNLOADING, J.VERIFYING):
+                job.set_status(J.QUEUED, "Queued: resuming after a server restart", phase="queued")
+                self._queue.append(job.id)
+        self._refresh_shared()
+        self._save([j for j in self.jobs.values() if j.unsaved])
+        resumed = len(self._queue)
+        if resumed:
+            log.info("resuming unfinished downloads", extra={"count": resumed})
+        self._background = [
+            asyncio.create_task(self._flush_loop(), name="modelpull:flush"),
+            asyncio.create_task(self._prune_loop(), name="modelpull:prune"),
+        ]
+        self._schedule()
+
+    async def close(self) -> None:
+        """Stop transfers keeping their partial data; unfinished jobs resume on the next start."""
+        self._closing = True
+        for task in self._background:
+            task.cancel()
+        for transfer in list(self._running):
+            if transfer.task is not None:
+                transfer.task.cancel()
+        tasks = [t.task for t in self._running if t.task is not None]
+        await asyncio.gather(*tasks, *self._background, return_exceptions=True)
+        self._save([j for j in self.jobs.values() if j.unsaved])
+        for subscriber in list(self._subscribers):
+            subscriber.close()
+        for job in self.jobs.values():
+            for subscriber in list(job.subscribers):
+                subscriber.close()
+        if self._session is not None:
+            await self._session.close()
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        resolver = PolicyResolver(self.settings.allow_private_urls, _configured_hosts())
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=self.settings.max_connections_per_host, ttl_dns_cache=300, resolver=resolver,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            trust_env=True,
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
+            headers={"User-Agent": "modelpull/0.1", "Accept-Encoding": "identity"},
+        )
+
+    # ------------------------------------------------------------------ queries
+
+    def get(self, job_id: str) -> Job:
+        if not valid_id(job_id):
+            raise bad_request(
+                "Invalid download id in the URL: use 1 to 128 characters from A-Z a-z 0-9 . _ : -",
+                "model_id", "invalid_path_format",
+            )
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise not_found(f"No download found for model ID: {job_id}", "model_id", "download_not_found")
+        return job
+
+    def active_jobs(self) -> list[Job]:
+        return [j for j in self.jobs.values() if not j.final]
+
+    def counts(self) -> collections.Counter[str]:
+        return collections.Counter(j.status for j in self.jobs.values())
+
+    @property
+    def running_transfers(self) -> int:
+        return len(self._running)
+
+    # ------------------------------------------------------------------ submitting
+
+    async def submit(
+        self,
+        provider: str | None,
+        model: Any,
+        options: Any = None,
+        token: Any = None,
+        job_id: Any = None,
+        base_url: Any = None,
+    ) -> Job:
+        """Validate a download request and queue it (or attach it to the same running source)."""
+        if not isinstance(model, str) or not model.strip():
+            raise bad_request("'model' is required and must be a non-empty string", "model", "missing_model")
+        model = model.strip()
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise bad_request("'options' must be an object", "options", "invalid_parameter")
+        options = dict(options)
+        if provider is None or provider == "":
+            try:
+                reference = parse_reference(model)
+            except ValueError as exc:
+                raise bad_request(f"'provider' is missing and {exc}", "provider", "missing_provider") from None
+            provider, model, options = reference.provider, reference.model, {**reference.options, **options}
+        if not isinstance(provider, str):
+            raise bad_request("'provider' must be a string", "provider", "invalid_parameter")
+        for name, value in (("token", token), ("base_url", base_url)):
+            if value is not None and not isinstance(value, str):
+                raise bad_request(f"'{name}' must be a string", name, "invalid_parameter")
+        if job_id is not None and (not isinstance(job_id, str) or not valid_id(job_id)):
+            raise bad_request("'id' must use 1 to 128 characters from A-Z a-z 0-9 . _ : -", "id", "invalid_id")
+        try:
+            name = canonical_name(provider)
+            source = get_provider(name)
+        except ValueError as exc:
+            raise bad_request(str(exc), "provider", "unsupported_provider") from None
+        options = self._checked_options(name, source, options)
+        if name == "url":
+            await self._check_url(model, "model")
+            options.setdefault("filename", suggest_filename(model))
+        if base_url:
+            await self._check_url(base_url, "base_url", require_path=False)
+        if job_id is not None:
+            existing = self.jobs.get(job_id)
+            if existing is not None and not existing.final:
+                raise ApiError(409, f"A download with id '{job_id}' is already {existing.status}", param="id",
+                               code="download_id_exists")
+        job = self._new_job(job_id or _new_id(), name, model, options, token or None, base_url or None, None)
+        self._enqueue(job)
+        return job
+
+    def _checked_options(self, name: str, source: Any, options: dict[str, Any]) -> dict[str, Any]:
+        allowed = set(TransferOptions.NAMES) | set(source.option_names)
+        for key in options:
+            if key == "models_dir":
+                raise bad_request("'models_dir' is set by the server (MODELPULL_HOME); use 'dest' for a "
+                                  "folder inside it", "options.models_dir", "invalid_parameter")
+            if key not in allowed:
+                raise bad_request(
+                    f"Unknown option '{key}' for provider '{name}' (known: {', '.join(sorted(allowed))})",
+                    f"options.{key}", "unknown_option",
+                )
+        if "dest" in options:
+            dest = options["dest"]
+            if not isinstance(dest, str) or not dest:
+                raise bad_request("'options.dest' must be a folder path", "options.dest", "invalid_parameter")
+            try:
+                options["dest"] = str(resolve_inside(self.models_dir, dest))
+            except ValueError as exc:
+                raise bad_request(f"'options.dest': {exc}", "options.dest", "invalid_destination") from None
+        return options
+
+    async def _check_url(self, url: str, param: str, require_path: bool = True) -> None:
+        try:
+            if not require_path and urlsplit(url).path in ("", "/"):
+                url = url.rstrip("/") + "/x"
+            await check_url(url, self.settings.allow_private_urls)
+        except UrlRefused as exc:
+            raise ApiError(422, str(exc), param=param, code=exc.code) from None
+
+    def _new_job(
+        self, job_id: str, provider: str, model: str, options: dict[str, Any], token: str | None,
+        base_url: str | None, engine: EngineRequest | None,
+    ) -> Job:
+        old = self.jobs.pop(job_id, None)
+        if old is not None:  # a finished job with this id is replaced
+            for subscriber in list(old.subscribers):
+                subscriber.close()
+        job = Job(
+            id=job_id, provider=provider, model=model, options=options,
+            source_key=_source_key(provider, model, options, base_url),
+            lock_key=_lock_key(provider, model, options),
+            base_url=base_url, token=token,
+            engine=engine.creation_info() if engine else None,
+        )
+        if old is not None:
+            job.event_id = old.event_id
+            SECRETS.discard(old.token)
+        SECRETS.add(token)
+        if provider == "url":
+            directory = Path(options.get("dest") or self.models_dir)
+            job.local_path = str(directory / options["filename"])
+        self.jobs[job_id] = job
+        return job
+
+    def _enqueue(self, job: Job) -> None:
+        ahead = sum(1 for i in self._queue if i in self.jobs and self.jobs[i].status == J.QUEUED)
+        job.set_status(J.QUEUED, f"Queued: {ahead} download{'s' if ahead != 1 else ''} ahead" if ahead else "Queued",
+                       phase="queued")
+        self._queue.append(job.id)
+        self._save([job])
+        self._publish(job)
+        self._schedule()
+
+    # ------------------------------------------------------------------ engines
+
+    async def add_engine(self, request: EngineRequest) -> EngineAddResult:
+        """Kolosal's POST /engines: create now, or download first (ApiError for refusals)."""
+        if self.engines.taken(request.engine_id):
+            raise ApiError(409, f"Engine ID '{request.engine_id}' already exists. Please choose a different "
+                                "engine ID.", param="engine_id", code="engine_id_exists")
+        model_path = request.model_path
+        kind = _model_path_kind(model_path)
+        existing = self.jobs.get(request.engine_id)
+        if kind == "local":
+            path = Path(model_path).expanduser()
+            if not path.exists():
+                raise bad_request(f"Model path '{model_path}' does not exist. Please verify the path is correct.",
+                                  "model_path", "model_path_not_found")
+            return EngineAddResult("created", engine=await self._create_engine_now(request, path, None))
+
+        if kind == "url":
+            await self._check_url(model_path, "model_path")
+            provider, model, options = "url", model_path, {"filename": suggest_filename(model_path)}
+        else:
+            try:
+                reference = parse_reference(model_path)
+                provider = canonical_name(reference.provider)
+                source = get_provider(provider)
+            except ValueError as exc:
+                raise ApiError(422, str(exc), param="model_path", code="invalid_model_url") from None
+            model, options = reference.model, self._checked_options(provider, source, dict(reference.options))
+        if request.sha256:
+            options["sha256"] = request.sha256
+
+        if existing is not None and not existing.final:
+            if existing.source_key != _source_key(provider, model, options, None):
+                raise ApiError(409, f"A download with id '{request.engine_id}' is already running for another "
+                                    "source", param="engine_id", code="download_id_exists")
+            if existing.engine is None:
+                existing.engine = request.creation_info()
+                existing.touch()
+                self._publish(existing)
+            return EngineAddResult("in_progress", job=existing)
+
+        if provider == "url":
+            dest = self.models_dir / options["filename"]
+            if _downloaded_here(dest, model_path) and self._transfers.get(
+                    _source_key(provider, model, options, None)) is None:
+                return EngineAddResult("created", engine=await self._create_engine_now(request, dest, None))
+            kind_of_start = "resuming" if any(p.exists() for p in partial_paths(dest)) else "started"
+        else:
+            kind_of_start = "started"
+        job = self._new_job(request.engine_id, provider, model, options, request.token, None, request)
+        self._enqueue(job)
+        return EngineAddResult(kind_of_start, job=job)
+
+    async def _create_engine_now(self, request: EngineRequest, path: Path, download_id: str | None) -> dict[str, Any]:
+        try:
+            return await self.engines.create(request, path, download_id)
+        except UnsupportedModel as exc:
+            self.engines.remove(request.engine_id)  # a refused request leaves no record behind
+            raise bad_request(str(exc), "model_path", "invalid_model_format") from None
+
+    async def _create_waiting_engine(self, job: Job) -> None:
+        request = EngineRequest.from_creation_info(job.engine)  # type: ignore[arg-type]
+        if self.engines.taken(request.engine_id):
+            job.message = f"{job.message}; engine '{request.engine_id}' not created: that id was taken meanwhile"
+            return
+        try:
+            await self.engines.create(request, Path(job.local_path or ""), job.id)
+            job.message = f"{job.message}; engine '{request.engine_id}' created"
+        except UnsupportedModel as exc:
+            job.message = f"{job.message}; engine '{request.engine_id}' not created: {exc}"
+        except Exception as exc:  # an engine problem never turns a finished download into an error
+            log.exception("engine creation failed", extra={"engine_id": request.engine_id})
+            job.message = f"{job.message}; engine '{request.engine_id}' not created: {exc}"
+
+    # ------------------------------------------------------------------ control
+
+    def cancel(self, job_id: str) -> str:
+        """Cancel a job now; returns its previous status. ApiError 400 if it had already ended."""
+        job = self.get(job_id)
+        if job.final:
+            raise bad_request(f"Cannot cancel download. Current status: {job.status}", None, "download_finished")
+        previous = job.status
+        transfer = self._transfer_of(job)
+        if transfer is not None:
+            self._detach(job, transfer, discard=True)
+        elif previous == J.PAUSED:
+            self._discard_partial(job)
+        job.set_status(J.CANCELLED, "Download cancelled", phase="cancelled")
+        self._finish(job)
+        self._schedule()
+        return previous
+
+    def pause(self, job_id: str) -> bool:
+        """Pause at once (the transfer stops in the background). False when already paused."""
+        job = self.get(job_id)
+        if job.final:
+            raise bad_request(f"Cannot pause download. Current status: {job.status}", None, "download_finished")
+        if job.status == J.PAUSED:
+            return False
+        transfer = self._transfer_of(job)
+        if transfer is not None:
+            self._detach(job, transfer, discard=False)
+        job.set_status(J.PAUSED, "Paused; partial data kept", phase="paused")
+        self._save([job])
+        self._publish(job)
+        self._schedule()
+        return True
+
+    def resume(self, job_id: str, token: str | None = None) -> bool:
+        """Queue a paused (or failed) job again. False when it is already queued or running."""
+        job = self.get(job_id)
+        if job.status in (J.COMPLETED, J.CANCELLED):
+            raise bad_request(f"Cannot resume download. Current status: {job.status}", None, "download_finished")
+        if token:
+            SECRETS.discard(job.token)
+            SECRETS.add(token)
+            job.token = token
+        if job.status not in (J.PAUSED, J.FAILED):
+            return False
+        job.reset_for_retry()
+        self._enqueue(job)
+        return True
+
+    def cancel_all(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+        cancelled, skipped, total = [], [], 0
+        for job in list(self.jobs.values()):
+            total += 1
+            if job.final:
+                skipped.append({"model_id": job.id, "status": job.status,
+                                "reason": "Already completed, failed, or cancelled"})
+                continue
+            previous = self.cancel(job.id)
+            cancelled.append({"model_id": job.id, "previous_status": previous, "cancelled_at": now_ms()})
+        return cancelled, skipped, total
+
+    def _transfer_of(self, job: Job) -> Transfer | None:
+        transfer = self._transfers.get(job.source_key)
+        return transfer if transfer is not None and job.id in transfer.job_ids else None
+
+    def _detach(self, job: Job, transfer: Transfer, *, discard: bool) -> None:
+        transfer.job_ids.remove(job.id)
+        if not transfer.job_ids:
+            # Nobody follows it any more: stop it in the background. Its files stay locked
+            # (lock_key) until the task has really ended, so a resume cannot race it.
+            transfer.stopping = True
+            self._transfers.pop(transfer.source_key, None)
+            transfer.control.cancel(discard=discard)
+        self._refresh_shared()
+
+    def _discard_partial(self, job: Job) -> None:
+        """Delete a paused URL job's partial file, unless another transfer is writing it."""
+        if job.provider != "url" or not job.local_path or job.lock_key in self._locks:
+            return
+        with contextlib.suppress(OSError):
+            remove_partial(Path(job.local_path))
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _schedule(self) -> None:
+        if self._closing:
+            return
+        kept: collections.deque[str] = collections.deque()
+        while self._queue:
+            job_id = self._queue.popleft()
+            job = self.jobs.get(job_id)
+            if job is None or job.status != J.QUEUED or job_id in kept:
+                continue
+            transfer = self._transfers.get(job.source_key)
+            if transfer is not None:
+                self._attach(job, transfer)
+                continue
+            if len(self._running) >= self.settings.max_active_jobs or job.lock_key in self._locks:
+                kept.append(job_id)
+                continue
+            self._start_transfer(job)
+        self._queue = kept
+
+    def _attach(self, job: Job, transfer: Transfer) -> None:
+        transfer.job_ids.append(job.id)
+        job.set_status(J.DOWNLOADING, "Following a download of the same source already in progress",
+                       phase="downloading")
+        if transfer.last is not None:
+            job.apply(dataclasses.replace(transfer.last, status=DownloadStatus.DOWNLOADING
+                                          if transfer.last.status is DownloadStatus.STARTING else transfer.last.status))
+        if job.started_at is None:
+            job.started_at = now_ms()
+        self._refresh_shared()
+        self._save([job])
+        self._publish(job)
+
+    def _start_transfer(self, job: Job) -> None:
+        transfer = Transfer(source_key=job.source_key, lock_key=job.lock_key, job_ids=[job.id])
+        self._transfers[job.source_key] = transfer
+        self._locks[job.lock_key] = transfer
+        self._running.add(transfer)
+        job.set_status(J.DOWNLOADING, "Starting", phase="starting")
+        job.started_at = job.started_at or now_ms()
+        self._save([job])
+        self._publish(job)
+        transfer.task = asyncio.create_task(self._run(transfer, job), name=f"modelpull:job:{job.id}")
+
+    async def _run(self, transfer: Transfer, leader: Job) -> None:
+        """Drive one download_model() call and hand every item to the jobs following it."""
+        options = dict(leader.options)
+        final: DownloadProgress | None = None
+        try:
+            stream = _api.download_model(
+                leader.provider, leader.model, token=leader.token, base_url=leader.base_url,
+                models_dir=str(self.models_dir), _control=transfer.control, _session=self._session, **options,
+            )
+            async with contextlib.aclosing(stream) as items:
+                async for item in items:
+                    transfer.last = item
+                    self._count_bytes(transfer, item)
+                    if item.status.is_terminal:
+                        final = item
+                        break
+                    self._deliver(transfer, item)
+        except asyncio.CancelledError:
+            if self._closing:
+                raise
+            final = None
+        except ModelPullError as exc:
+            final = error_item(exc, partial=transfer.last)
+        except Exception as exc:  # never let one download take the manager down
+            log.exception("download task failed", extra={"job_id": leader.id})
+            final = error_item(ModelPullError(f"internal error: {exc}", code="internal_error"), partial=transfer.last)
+        finally:
+            if not self._closing:
+                await self._end_transfer(transfer, final)
+
+    def _count_bytes(self, transfer: Transfer, item: DownloadProgress) -> None:
+        if item.downloaded_bytes is None or item.status is DownloadStatus.COMPLETE:
+            return
+        if transfer.baseline_bytes is None:
+            transfer.baseline_bytes = item.downloaded_bytes
+            transfer.counted_bytes = item.downloaded_bytes
+            return
+        delta = item.downloaded_bytes - transfer.counted_bytes
+        if delta > 0:
+            self.downloaded_bytes_total += delta
+        transfer.counted_bytes = item.downloaded_bytes
+
+    def _deliver(self, transfer: Transfer, item: DownloadProgress) -> None:
+        for job_id in list(transfer.job_ids):
+            job = self.jobs.get(job_id)
+            if job is None:
+                continue
+            if job.apply(item):
+                self._save([job])
+                self._publish(job)
+
+    async def _end_transfer(self, transfer: Transfer, final: DownloadProgress | None) -> None:
+        if self._transfers.get(transfer.source_key) is transfer:
+            del self._transfers[transfer.source_key]
+        followers = [self.jobs[i] for i in transfer.job_ids if i in self.jobs]
+        transfer.job_ids = []
+        try:
+            if final is None:
+                final = DownloadProgress(status=DownloadStatus.ERROR, message="The download stopped unexpectedly",
+                                         error_code="interrupted")
+            if final.status is DownloadStatus.COMPLETE and final.downloaded_bytes is not None:
+                self.downloaded_bytes_total += max(0, (final.total_bytes or 0) - transfer.counted_bytes)
+            for job in followers:
+                if final.status is DownloadStatus.CANCELLED:
+                    # Only a control cancels; a job still following here was not asked to stop.
+                    job.apply(error_item(ModelPullError("The download was stopped", code="interrupted"),
+                                         partial=final))
+                else:
+                    job.apply(final)
+                if job.status == J.COMPLETED and job.engine is not None:
+                    await self._create_waiting_engine(job)
+                self._finish(job)
+        finally:
+            if self._locks.get(transfer.lock_key) is transfer:
+                del self._locks[transfer.lock_key]
+            self._running.discard(transfer)
+            self._refresh_shared()
+            self._schedule()
+
+    def _finish(self, job: Job) -> None:
+        if job.status == J.FAILED:
+            self.failures[job.error_code or "error"] += 1
+        elif job.status == J.COMPLETED:
+            self.completed_total += 1
+        self._save([job])
+        self._publish(job)
+
+    def _refresh_shared(self) -> None:
+        for transfer in self._transfers.values():
+            for job_id in transfer.job_ids:
+                job = self.jobs.get(job_id)
+                if job is None:
+                    continue
+                others = [i for i in transfer.job_ids if i != job_id]
+                if others != job.shared_with:
+                    job.shared_with = others
+                    job.touch()
+        for job in self.jobs.values():
+            if job.shared_with and self._transfer_of(job) is None:
+                job.shared_with = []
+                job.touch()
+
+    # ------------------------------------------------------------------ events
+
+    def _publish(self, job: Job) -> None:
+        """Send the job's current state to its subscribers and /events, now."""
+        job.event_id += 1
+        job.dirty = False
+        job.last_published = time.monotonic()
+        data = job.event_data()
+        event = (job.event_id, data, job.final)
+        job.events.append(event)
+        for subscriber in list(job.subscribers):
+            subscriber.put(event)
+        self._broadcast("job", data)
+
+    def _broadcast(self, kind: str, data: str) -> None:
+        self._seq += 1
+        for subscriber in list(self._subscribers):
+            subscriber.put((self._seq, kind, data))
+
+    def engine_changed(self, kind: str, record: dict[str, Any]) -> None:
+        self._broadcast(kind, json.dumps(record, separators=(",", ":")))
+
+    def subscribe_job(
+        self, job: Job, last_event_id: int | None
+    ) -> tuple[Subscriber, list[tuple[int, str, bool]]] | None:
+        """A subscriber and the events to send first; None when the client already saw the end."""
+        if last_event_id is not None and job.final and last_event_id >= job.event_id:
+            return None
+        if job.dirty:
+            self._publish(job)
+        buffered = list(job.events)
+        if last_event_id is not None and buffered and buffered[0][0] <= last_event_id + 1 and last_event_id <= job.event_id:
+            backlog = [event for event in buffered if event[0] > last_event_id]
+        else:
+            backlog = [(job.event_id, job.event_data(), job.final)]
+        subscriber = Subscriber()
+        if not job.final:
+            job.subscribers.add(subscriber)
+        return subscriber, backlog
+
+    def unsubscribe_job(self, job: Job, subscriber: Subscriber) -> None:
+        job.subscribers.discard(subscriber)
+
+    def subscribe_all(self) -> tuple[Subscriber, list[tuple[int, str, str]]]:
+        """A subscriber to /events and its snapshot: every job, every engine, then `ready`."""
+        subscriber = Subscriber()
+        self._subscribers.add(subscriber)
+        snapshot = []
+        for job in self.jobs.values():
+            self._seq += 1
+            snapshot.append((self._seq, "job", job.event_data()))
+        for engine in self.engines.all():
+            self._seq += 1
+            snapshot.append((self._seq, "engine", json.dumps(engine, separators=(",", ":"))))
+        return subscriber, snapshot
+
+    def unsubscribe_all(self, subscriber: Subscriber) -> None:
+        self._subscribers.discard(subscriber)
+
+    # ------------------------------------------------------------------ background
+
+    def _save(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        try:
+            self.store.save_jobs([j.to_record() for j in jobs])
+        except Exception:
+            log.exception("could not save jobs to the store")
+            return
+        for job in jobs:
+            job.unsaved = False
+
+    async def _flush_loop(self) -> None:
+        """Publish coalesced progress and write it to the store, a few times a second."""
+        last_save = time.monotonic()
+        while True:
+            await asyncio.sleep(PUBLISH_INTERVAL)
+            now = time.monotonic()
+            for job in list(self.jobs.values()):
+                if job.dirty and now - job.last_published >= PUBLISH_INTERVAL:
+                    self._publish(job)
+            if now - last_save >= SAVE_INTERVAL:
+                last_save = now
+                self._save([j for j in self.jobs.values() if j.unsaved])
+
+    async def _prune_loop(self) -> None:
+        retention = self.settings.retention_seconds
+        interval = max(0.2, min(30.0, retention / 2))
+        while True:
+            await asyncio.sleep(interval)
+            self.prune()
+
+    def prune(self) -> list[str]:
+        """Forget finished jobs older than the retention time."""
+        cutoff = now_ms() - int(self.settings.retention_seconds * 1000)
+        expired = [j for j in self.jobs.values() if j.final and (j.finished_at or 0) <= cutoff]
+        if not expired:
+            return []
+        ids = [j.id for j in expired]
+        for job in expired:
+            del self.jobs[job.id]
+            SECRETS.discard(job.token)
+            for subscriber in list(job.subscribers):
+                subscriber.close()
+        self.store.delete_jobs(ids)
+        for job_id in ids:
+            self._broadcast("job-removed", json.dumps({"id": job_id}))
+        return ids
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _new_id() -> str:
+    return "dl-" + secrets.token_hex(6)
+
+
+def _source_key(provider: str, model: str, options: dict[str, Any], base_url: str | None) -> str:
+    which = {k: v for k, v in options.items() if k not in _TUNING_OPTIONS}
+    return json.dumps([provider, model, base_url, which], sort_keys=True, default=str)
+
+
+def _lock_key(provider: str, model: str, options: dict[str, Any]) -> str:
+    if provider == "url":  # one URL's file: its folder and name
+        return json.dumps(["url", options.get("dest"), options.get("filename")])
+    return json.dumps([provider, model.lower()])
+
+
+def _model_path_kind(model_path: str) -> str:
+    """'url', 'reference' or 'local' for a POST /engines model_path."""
+    lowered = model_path.lower()
+    if lowered.startswith(("http://", "https://")) or "://" in lowered:
+        return "url"
+    prefix = lowered.partition(":")[0]
+    if ":" in lowered and prefix in ("hf", "huggingface", "mlx", "ollama", "url"):
+        return "reference"
+    return "local"
+
+
+def _downloaded_here(dest: Path, url: str) -> bool:
+    """True when `dest` is a finished download of `url` (or a file put there by hand).
+
+    The URL provider books which URL each file came from in `.modelpull/sources/`; a file booked
+    for another URL is not ours (the provider would pick another name for this one).
+    """
+    if not dest.is_file() or any(p.exists() for p in partial_paths(dest)):
+        return False
+    book = dest.parent / ".modelpull" / "sources" / f"{dest.name}.json"
+    try:
+        record = json.loads(book.read_text())
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return record.get("url_sha256") == hashlib.sha256(url.encode()).hexdigest() and record.get("complete") is True
+
+
+def _configured_hosts() -> list[tuple[str, int]]:
+    """Hosts the operator configured (a local Ollama, proxies): reachable whatever the URL policy."""
+    hosts: list[tuple[str, int]] = [("localhost", 11434), ("127.0.0.1", 11434), ("::1", 11434)]
+    for name in ("OLLAMA_HOST", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        value = os.environ.get(name)
+        if not value:
+            continue
+        if "://" not in value:
+            value = "http://" + value
+        with contextlib.suppress(ValueError):
+            parts = urlsplit(value)
+            if parts.hostname:
+                default = 11434 if name == "OLLAMA_HOST" else (443 if parts.scheme == "https" else 80)
+                hosts.append((parts.hostname, parts.port or default))
+    return hosts
