@@ -7,7 +7,11 @@
       .cdn: a FileServer on http://127.0.0.2:<port> Range (206 / 416), throttle, fault kinds
     FakeOllamaServer     http://127.0.0.1:<port>
         POST /api/pull      NDJSON, the line sequence of ollama's server/images.go PullModel
+        POST /api/show      server/routes.go GetModelInfo: modelfile (FROM <store>/blobs/sha256-<hex>),
+                            details, model_info (the GGUF's metadata), parameters, template, license
         GET  /api/tags, GET /api/version, GET /
+      .models_path: the server's store; pulled blobs and manifests are written there when it is
+        set, otherwise the paths name a store that exists only "on the server" (REMOTE_STORE)
 
 Each runs on its own loop in a background thread (fakes/_background.py), so sync tests,
 async tests and the official `ollama` client (httpx) all talk to them over real sockets.
@@ -26,7 +30,7 @@ import json
 import random
 import secrets
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, AsyncIterator, Iterable
 
 from aiohttp import web
@@ -48,6 +52,9 @@ DEFAULT_TAG = "latest"
 
 # What ollama's server sends when the registry answers 404 for the manifest.
 NOT_FOUND_ERROR = "pull model manifest: file does not exist"
+# The store of Ollama's Linux service (user `ollama`, home /usr/share/ollama): where a server on
+# another machine keeps its blobs. Nothing is written there.
+REMOTE_STORE = PurePosixPath("/usr/share/ollama/.ollama/models")
 
 
 # --------------------------------------------------------------------------- models
@@ -441,6 +448,26 @@ class FakeOllamaRegistry(BackgroundServer):
 # --------------------------------------------------------------------------- server
 
 
+def _text(blob: Blob | None) -> str:
+    return blob.read(0, blob.size).decode() if blob is not None else ""
+
+
+def _modelfile_quote(value: str) -> str:
+    """parser/parser.go quote(): quoted only with a newline or an outer space."""
+    if "\n" in value or value.startswith(" ") or value.endswith(" "):
+        return f'"""{value}"""' if '"' in value else f'"{value}"'
+    return value
+
+
+def _go_value(value: Any) -> str:
+    """fmt's %v of a JSON-decoded value (numbers are float64: 0.0 prints as 0)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    return str(value)
+
+
 @dataclasses.dataclass
 class PullFault:
     """What goes wrong with one /api/pull (each fault is taken by one request, in order)."""
@@ -450,6 +477,15 @@ class PullFault:
     error_after_lines: int | None = None  # after this many lines, send {"error": error} and end
     cut_after_lines: int | None = None  # after this many lines, end without "success"
     abrupt: bool = False  # cut by closing the connection mid-body instead of ending the body
+
+
+@dataclasses.dataclass
+class ShowFault:
+    """One /api/show that fails: this status and body (each fault is taken by one request)."""
+
+    status: int = 500
+    error: str = "something went wrong"
+    plain_text: bool = False  # answer the text as is, like a server without the route ("404 page not found")
 
 
 @dataclasses.dataclass
@@ -473,16 +509,21 @@ class FakeOllamaServer(BackgroundServer):
         ticks_per_layer: int = 4,
         version: str = "0.6.8",
         models: Iterable[FakeModel] = (),
+        models_path: Path | None = None,
     ) -> None:
         """interval: seconds between progress lines (ollama ticks every 60 ms);
-        ticks_per_layer: progress lines per blob after the first one (completed 0)."""
+        ticks_per_layer: progress lines per blob after the first one (completed 0);
+        models_path: a real store to write pulled models into (else REMOTE_STORE, not written)."""
         super().__init__("127.0.0.1")
         self.interval = interval
         self.ticks_per_layer = ticks_per_layer
         self.version = version
+        self.models_path = models_path
         self.requests: list[LoggedRequest] = []
         self.pulls: list[PullRecord] = []
         self.faults: list[PullFault] = []
+        self.show_faults: list[ShowFault] = []
+        self._model_info: dict[str, dict[str, Any]] = {}  # model layer digest -> its GGUF metadata
         self.models: dict[str, FakeModel] = {}
         self.present: set[str] = set()  # digests already in the server's store
         self.local: dict[str, tuple[FakeModel, datetime.datetime]] = {}  # what /api/tags lists
@@ -495,6 +536,7 @@ class FakeOllamaServer(BackgroundServer):
         app.router.add_get("/api/version", self._version)
         app.router.add_get("/api/tags", self._tags)
         app.router.add_post("/api/pull", self._pull)
+        app.router.add_post("/api/show", self._show)
         return app
 
     def add(self, model: FakeModel, *, pulled: bool = False) -> FakeModel:
@@ -510,9 +552,35 @@ class FakeOllamaServer(BackgroundServer):
     def inject(self, *faults: PullFault) -> None:
         self.faults.extend(faults)
 
+    def inject_show(self, *faults: ShowFault) -> None:
+        self.show_faults.extend(faults)
+
+    @property
+    def store(self) -> PurePath:
+        """The server's store, as the server names it (OLLAMA_MODELS on its machine)."""
+        return self.models_path if self.models_path is not None else REMOTE_STORE
+
+    def blob_path(self, blob: Blob) -> PurePath:
+        """Where the server keeps a blob (manifest.BlobsPath: blobs/sha256-<hex>)."""
+        return self.store / "blobs" / f"sha256-{blob.hex}"
+
     def _store(self, model: FakeModel) -> None:
         self.present.update(b.digest for b in model.blobs)
         self.local[model.name.full] = (model, datetime.datetime.now(datetime.timezone.utc))
+        if self.models_path is not None:
+            self._write_to_store(model, self.models_path)
+
+    def _write_to_store(self, model: FakeModel, store: Path) -> None:
+        for blob in model.blobs:
+            path = store / "blobs" / f"sha256-{blob.hex}"
+            if path.is_file() and path.stat().st_size == blob.size:
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(blob.data if blob.data is not None else blob.read(0, blob.size))
+        name = model.name
+        manifest = store / "manifests" / name.host / name.namespace / name.model / name.tag
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_bytes(model.manifest)
 
     # ---- handlers ----------------------------------------------------------------------
 
@@ -538,9 +606,9 @@ class FakeOllamaServer(BackgroundServer):
             })
         return web.json_response({"models": entries})
 
-    async def _pull(self, request: web.Request) -> web.StreamResponse:
-        # server/routes.go PullHandler: bad requests are 400 with {"error"}; after that,
-        # everything (even "model not found") arrives as NDJSON lines after a 200.
+    @staticmethod
+    async def _read_body(request: web.Request) -> tuple[dict[str, Any], Any] | web.Response:
+        """(the JSON body, the model it names: `model`, else the older `name`), or the 400 Ollama sends."""
         raw = await request.read()
         if not raw:
             return web.json_response({"error": "missing request body"}, status=400)
@@ -548,8 +616,100 @@ class FakeOllamaServer(BackgroundServer):
             body = json.loads(raw)
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        if not isinstance(body, dict):
+            return web.json_response({"error": "json: cannot unmarshal into the request"}, status=400)
         request[_LOG_ENTRY].body = body
-        name = body.get("model") or body.get("name") or ""
+        return body, body.get("model") or body.get("name") or ""
+
+    async def _show(self, request: web.Request) -> web.Response:
+        # server/routes.go ShowHandler + GetModelInfo: only models in the store; 404 otherwise.
+        read = await self._read_body(request)
+        if isinstance(read, web.Response):
+            return read
+        _, name = read
+        if not isinstance(name, str) or not name:
+            return web.json_response({"error": "model is required"}, status=400)
+        if any(c.isspace() for c in name):
+            return web.json_response({"error": "invalid model name"}, status=400)
+        if self.show_faults:
+            fault = self.show_faults.pop(0)
+            if fault.plain_text:
+                return web.Response(text=fault.error, status=fault.status)
+            return web.json_response({"error": fault.error}, status=fault.status)
+        entry = self.local.get(ModelName.parse(name).full)
+        if entry is None:
+            return web.json_response({"error": f"model '{name}' not found"}, status=404)
+        return web.json_response(self._show_response(*entry))
+
+    def _show_response(self, model: FakeModel, modified: datetime.datetime) -> dict[str, Any]:
+        by_type = {b.media_type: b for b in model.layers}
+        config = json.loads(model.config.read(0, model.config.size))
+        template = _text(by_type.get(TEMPLATE_MEDIA_TYPE))
+        license_text = _text(by_type.get(LICENSE_MEDIA_TYPE))
+        options = json.loads(_text(by_type.get(PARAMS_MEDIA_TYPE)) or "{}")
+        parameter_lines = []  # routes.go: fmt.Sprintf("%-*s %#v", 30, k, v), one line per list item
+        commands = [f"FROM {self.blob_path(model.model_layer)}"]  # images.go Model.String()
+        if template:
+            commands.append(f"TEMPLATE {_modelfile_quote(template)}")
+        for key, value in options.items():
+            for item in value if isinstance(value, list) else [value]:
+                parameter_lines.append(f"{key:<30} {json.dumps(item)}")
+                commands.append(f"PARAMETER {key} {_modelfile_quote(_go_value(item))}")
+        if license_text:
+            commands.append(f"LICENSE {_modelfile_quote(license_text)}")
+        modelfile = (
+            '# Modelfile generated by "ollama show"\n'
+            "# To build a new Modelfile based on this, replace FROM with:\n"
+            f"# FROM {model.name.shortest}\n\n" + "".join(f"{c}\n" for c in commands)
+        )
+        return {
+            "license": license_text,
+            "modelfile": modelfile,
+            "parameters": "\n".join(parameter_lines),
+            "template": template,
+            "details": {
+                "parent_model": "",
+                "format": config.get("model_format", ""),
+                "family": config.get("model_family", ""),
+                "families": config.get("model_families"),
+                "parameter_size": config.get("model_type", ""),
+                "quantization_level": config.get("file_type", ""),
+            },
+            "model_info": self._gguf_metadata(model.model_layer),
+            "capabilities": ["completion"],
+            "modified_at": modified.isoformat(),
+        }
+
+    def _gguf_metadata(self, blob: Blob) -> dict[str, Any]:
+        """The model layer's GGUF key/values as Ollama shows them: without general.name and the
+        chat template, arrays of more than 5 items emptied, and general.parameter_count added."""
+        if blob.digest not in self._model_info:
+            import gguf
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = blob.path
+                if path is None:
+                    path = Path(tmp) / "model.gguf"
+                    path.write_bytes(blob.read(0, blob.size))
+                reader = gguf.GGUFReader(path)
+                info: dict[str, Any] = {}
+                for key, field in reader.fields.items():
+                    if key.startswith("GGUF.") or key in ("general.name", "tokenizer.chat_template"):
+                        continue
+                    value = field.contents()
+                    info[key] = [] if isinstance(value, list) and len(value) > 5 else value
+                info["general.parameter_count"] = sum(int(t.n_elements) for t in reader.tensors)
+                del reader
+            self._model_info[blob.digest] = info
+        return dict(self._model_info[blob.digest])
+
+    async def _pull(self, request: web.Request) -> web.StreamResponse:
+        # server/routes.go PullHandler: bad requests are 400 with {"error"}; after that,
+        # everything (even "model not found") arrives as NDJSON lines after a 200.
+        read = await self._read_body(request)
+        if isinstance(read, web.Response):
+            return read
+        body, name = read
         if not isinstance(name, str) or not name.strip() or any(c.isspace() for c in name):
             return web.json_response({"error": "invalid model name"}, status=400)
         record = PullRecord(name, body)
