@@ -1,6 +1,8 @@
 """Ollama models, two ways: through a running Ollama server, or straight from the registry.
 
-    through the server   POST {server}/api/pull, NDJSON progress lines; the server moves the bytes
+    through the server   POST {server}/api/pull, NDJSON progress lines; the server moves the bytes;
+                         then POST {server}/api/show: its modelfile's FROM line is the model
+                         layer's blob as the server names it (the COMPLETE item's local_path)
     straight (direct)    registry manifest -> a Plan of blobs for the transfer engine
                          -> <store>/blobs/sha256-<hex> and <store>/manifests/<host>/<ns>/<model>/<tag>
 
@@ -52,6 +54,9 @@ _MEDIA_TYPE_PREFIX = "application/vnd.ollama.image."
 _PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(:[0-9]+)?$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+# A blob file of Ollama's store: sha256-<hex> (sha256:<hex> in old stores, before fixblobs).
+_BLOB_FILE = re.compile(r"^sha256[-:][0-9a-f]{64}$")
+_ABSOLUTE_PATH = re.compile(r"^(/|\\|[A-Za-z]:[\\/])")
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 SPEED_WINDOW_SECONDS = 5.0
 MAX_RUNNING_PERCENT = 99.9  # through a server, 100.0 is for the COMPLETE item only
@@ -358,6 +363,25 @@ def _manifest_blobs(raw: bytes, name: OllamaName) -> list[tuple[str, str, int]]:
 # --------------------------------------------------------------------------- through a server
 
 
+def model_path_from_modelfile(modelfile: str) -> str | None:
+    """The model layer's blob in a modelfile from POST /api/show, or None.
+
+    Ollama writes comments, then `FROM <store>/blobs/sha256-<hex>` (server/routes.go
+    GetModelInfo, images.go Model.String); a projector adds a second FROM later, and the
+    comments hold a `# FROM <name>`. An MLX or safetensors model's FROM is a name, not a blob.
+    """
+    for line in modelfile.splitlines():
+        words = line.split(None, 1)
+        if not words or words[0].upper() != "FROM":
+            continue
+        path = words[1].strip() if len(words) == 2 else ""
+        if len(path) >= 2 and path[0] == path[-1] == '"':
+            path = path[1:-1]
+        file_name = re.split(r"[\\/]", path)[-1]
+        return path if _ABSOLUTE_PATH.match(path) and _BLOB_FILE.match(file_name) else None
+    return None
+
+
 class _Unreachable(Exception):
     """Nothing answers at the server's address."""
 
@@ -383,15 +407,22 @@ class _ServerPull:
             )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise _Unreachable() from exc
+        complete: DownloadProgress | None = None
         try:
             if response.status != 200:
                 raise self._http_error(response.status, await response.read())
             async with contextlib.aclosing(self._items(response)) as items:
                 async for item in items:
+                    if item.status is DownloadStatus.COMPLETE:
+                        complete = item
+                        break
                     yield item
         finally:
             # Closing (not releasing) drops the connection, so the server stops its pull at once.
             response.close()
+        if complete is not None:
+            await self._locate(complete)
+            yield complete
 
     async def _items(self, response: aiohttp.ClientResponse) -> AsyncIterator[DownloadProgress]:
         try:
@@ -432,8 +463,7 @@ class _ServerPull:
             )
             item.percent = 100.0
             item.speed_bps = item.eta_seconds = None
-            item.local_path = self._local_model_blob()
-            return item
+            return item  # its local_path comes from _locate()
         if status.startswith(("verifying", "writing", "removing")):
             # Every layer is down once Ollama verifies, even when its last tick said less.
             for layer, size in self.totals.items():
@@ -474,6 +504,41 @@ class _ServerPull:
         if now - first_time < 0.5:
             return None
         return max(0.0, (downloaded - first_done) / (now - first_time))
+
+    async def _locate(self, item: DownloadProgress) -> None:
+        """Set the COMPLETE item's local_path: the model layer's blob as the server names it
+        (POST /api/show), else the blob in this machine's store, else the model's Ollama name."""
+        path, problem = await self._server_model_blob()
+        if path is None:
+            path = self._local_model_blob()
+        if path is None:
+            path = self.name.display
+            item.message += (
+                f"; the server did not say where it keeps the model's file ({problem}) and it is not in "
+                f"{store_root(None)}, so local_path is the model's Ollama name '{path}'"
+            )
+        item.local_path = path
+
+    async def _server_model_blob(self) -> tuple[str | None, str]:
+        """(the model layer's blob path from the FROM line of POST /api/show, why there is none)."""
+        options = self.context.transfer
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=options.connect_timeout, sock_read=options.stall_timeout
+        )
+        # Both fields: older servers read only `name`; newer ones read `model` first.
+        body = {"model": self.model, "name": self.model}
+        try:
+            async with self.context.session.post(f"{self.server}/api/show", json=body, timeout=timeout) as response:
+                if response.status != 200:
+                    return None, f"POST /api/show answered HTTP {response.status}"
+                answer = json.loads(await response.read())
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            return None, f"POST /api/show failed: {exc.__class__.__name__}"
+        except ValueError:
+            return None, "POST /api/show answered no JSON"
+        modelfile = answer.get("modelfile") if isinstance(answer, dict) else None
+        path = model_path_from_modelfile(modelfile) if isinstance(modelfile, str) else None
+        return path, "" if path else "its modelfile has no FROM line naming a blob"
 
     def _local_model_blob(self) -> str | None:
         """The model's GGUF blob, when the server's store is this machine's (best effort)."""
