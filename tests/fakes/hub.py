@@ -23,7 +23,6 @@ them, as S3 refuses a second auth mechanism).
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json

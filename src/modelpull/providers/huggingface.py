@@ -272,7 +272,10 @@ class HubClient:
                 failures += 1
                 delay = self._retry_delay(exc, failures)
                 if delay is None:
-                    raise self.error_for(exc, failures) from None
+                    error = self.error_for(exc, failures)
+                    if error is None:
+                        raise  # not the Hub's answer: a bug, reported as such by the download stream
+                    raise error from None
                 await asyncio.sleep(delay)
 
     def _retry_delay(self, exc: Exception, failures: int) -> float | None:
@@ -291,8 +294,8 @@ class HubClient:
                 backoff = told
         return min(backoff, self.transfer.retry_max_delay)
 
-    def error_for(self, exc: Exception, failures: int = 1) -> ModelPullError:
-        """The modelpull error for what `huggingface_hub` raised."""
+    def error_for(self, exc: Exception, failures: int = 1) -> ModelPullError | None:
+        """The modelpull error for what `huggingface_hub` raised (None: not a Hub or network failure)."""
         target = self.target
         name = f"{target.kind} '{target.repo_id}'"
         # GatedRepoError subclasses RepositoryNotFoundError: test it first, or a gated repo reads as missing.
@@ -306,8 +309,7 @@ class HubClient:
                 f"(after requesting access at {target.page})", code="gated_repo")
         if isinstance(exc, RevisionNotFoundError):
             return NotFound(f"Revision '{target.revision}' not found in {target.kind.lower()} '{target.repo_id}' "
-                            "on Hugging Face Hub",
-                            code="revision_not_found")
+                            "on Hugging Face Hub", code="revision_not_found")
         if isinstance(exc, RepositoryNotFoundError):
             hint = ("; if it is private, provide a token with token= or HF_TOKEN" if not target.token
                     else "; if it is private, check that your token can read it")
@@ -341,7 +343,7 @@ class HubClient:
                                     code="hub_unreachable")
         if status is not None:
             return ModelPullError(f"The Hugging Face Hub answered HTTP {status} for {name}", code="hub_error")
-        raise exc
+        return None
 
 
 def _status(exc: Exception) -> int | None:
