@@ -47,7 +47,7 @@ from .engines import EngineRegistry, EngineRequest, UnsupportedModel
 from .errors import ApiError, bad_request, not_found
 from .jobs import Job, now_ms
 from .logs import SECRETS
-from .security import PolicyResolver, UrlRefused, check_url, redact, resolve_inside, valid_id
+from .security import PolicyResolver, UrlRefused, check_url, policy_trace, resolve_inside, valid_id
 from .store import JobStore
 
 log = logging.getLogger("modelpull.server")
@@ -180,7 +180,8 @@ class DownloadManager:
             await self._session.close()
 
     def _new_session(self) -> aiohttp.ClientSession:
-        resolver = PolicyResolver(self.settings.allow_private_urls, _configured_hosts())
+        allowed = _configured_hosts()
+        resolver = PolicyResolver(self.settings.allow_private_urls, allowed)
         connector = aiohttp.TCPConnector(
             limit=0, limit_per_host=self.settings.max_connections_per_host, ttl_dns_cache=300, resolver=resolver,
         )
@@ -190,6 +191,7 @@ class DownloadManager:
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
             headers={"User-Agent": "modelpull/0.1", "Accept-Encoding": "identity"},
+            trace_configs=[policy_trace(self.settings.allow_private_urls, allowed)],
         )
 
     # ------------------------------------------------------------------ queries

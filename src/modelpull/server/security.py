@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
@@ -158,11 +159,39 @@ class PolicyResolver(AbstractResolver):
             else:
                 kept.append(result)
         if not kept:
-            raise OSError(f"Refusing to connect to '{host}': {reasons[0] if reasons else 'no address'}")
+            raise AddressRefused(f"Refusing to connect to '{host}': {reasons[0] if reasons else 'no address'}")
         return kept
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+class AddressRefused(aiohttp.ClientConnectionError):
+    """A connection the URL policy forbids (after a redirect, or a DNS answer)."""
+
+
+def policy_trace(allow_private: bool, always_allowed: Iterable[tuple[str, int]] = ()) -> aiohttp.TraceConfig:
+    """Checks every request's URL before it is sent: IP literals never reach the resolver."""
+    allowed = {(h.lower(), p) for h, p in always_allowed}
+
+    async def on_request_start(session, context, params) -> None:
+        host = (params.url.host or "").strip("[]")
+        port = params.url.port or 0
+        try:
+            check_host_name(host)
+        except UrlRefused as exc:
+            raise AddressRefused(str(exc)) from None
+        try:
+            address = ipaddress.ip_address(host.split("%")[0])
+        except ValueError:
+            return  # a name: PolicyResolver checks what it resolves to
+        reason = address_refusal(address, allow_private or (host.lower(), port) in allowed)
+        if reason:
+            raise AddressRefused(f"Refusing to connect to {host}: {reason}")
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_request_start)
+    return trace
 
 
 # ------------------------------------------------------------------------------ paths
