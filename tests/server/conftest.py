@@ -193,10 +193,7 @@ class ServerProcess:
                 if '"listening on' in line:
                     entry = json.loads(line)
                     if entry.get("port"):
-                        url = f"http://127.0.0.1:{entry['port']}"
-                        # A restarted server appends to the same log: only trust a new line.
-                        if url != getattr(self, "_old_url", None):
-                            return url
+                        return f"http://127.0.0.1:{entry['port']}"
             time.sleep(0.05)
         raise RuntimeError("server never said where it listens")
 
@@ -222,7 +219,7 @@ def spawn_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     processes: list[ServerProcess] = []
 
     def spawn(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        proc = ServerProcess(list(args), tmp_path / "server.log", env)
+        proc = ServerProcess(list(args), tmp_path / f"server-{len(processes)}.log", env)
         processes.append(proc)
         return proc
 

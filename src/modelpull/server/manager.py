@@ -536,7 +536,14 @@ class DownloadManager:
 
     async def _run(self, transfer: Transfer, leader: Job) -> None:
         """Drive one download_model() call and hand every item to the jobs following it."""
-        options = dict(leader.options)
+        # The server's settings (flags included) are the defaults; a job's own options win.
+        options = {
+            "connections": self.settings.connections,
+            "multipart_threshold": self.settings.multipart_threshold,
+            "stall_timeout": self.settings.stall_timeout,
+            "max_retries": self.settings.max_retries,
+            **leader.options,
+        }
         final: DownloadProgress | None = None
         try:
             stream = _api.download_model(
