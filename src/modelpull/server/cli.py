@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -34,6 +35,12 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
         help=f"HTTP connections to one host, all jobs together (MODELPULL_MAX_CONNECTIONS_PER_HOST, default {defaults.max_connections_per_host})")
     add("--connections", type=int, default=defaults.connections,
         help=f"connections per large file (MODELPULL_CONNECTIONS, default {defaults.connections})")
+    add("--multipart-threshold", type=int, default=defaults.multipart_threshold,
+        help=f"bytes from which a file is split over several connections (MODELPULL_MULTIPART_THRESHOLD, default {defaults.multipart_threshold})")
+    add("--stall-timeout", type=float, default=defaults.stall_timeout,
+        help=f"seconds without a byte before reconnecting (MODELPULL_STALL_TIMEOUT, default {defaults.stall_timeout:g})")
+    add("--max-retries", type=int, default=defaults.max_retries,
+        help=f"failures in a row, without progress, before a download fails (MODELPULL_MAX_RETRIES, default {defaults.max_retries})")
     add("--api-key", default=defaults.api_key,
         help="require 'Authorization: Bearer <key>' on every route but /health (MODELPULL_API_KEY)")
     add("--retention-seconds", type=float, default=defaults.retention_seconds,
@@ -44,8 +51,10 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
                         help="allow URLs to loopback and private networks (MODELPULL_ALLOW_PRIVATE_URLS); "
                              "link-local and cloud metadata addresses stay refused")
     policy.add_argument("--deny-private-urls", dest="allow_private_urls", action="store_false")
-    add("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default info")
-    add("--log-format", default="json", choices=["json", "text"], help="structured JSON lines (default) or text")
+    add("--log-level", default=os.environ.get("MODELPULL_LOG_LEVEL", "info").lower(),
+        choices=["debug", "info", "warning", "error"], help="MODELPULL_LOG_LEVEL, default info")
+    add("--log-format", default=os.environ.get("MODELPULL_LOG_FORMAT", "json").lower(), choices=["json", "text"],
+        help="structured JSON lines or text (MODELPULL_LOG_FORMAT, default json)")
     return parser
 
 
@@ -61,6 +70,9 @@ def settings_from_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespac
         max_active_jobs=args.max_active_jobs,
         max_connections_per_host=args.max_connections_per_host,
         connections=args.connections,
+        multipart_threshold=args.multipart_threshold,
+        stall_timeout=args.stall_timeout,
+        max_retries=args.max_retries,
         api_key=args.api_key or None,
         retention_seconds=args.retention_seconds,
         allow_private_urls=args.allow_private_urls,
@@ -75,6 +87,12 @@ def _check(settings: Settings) -> str | None:
         return "--max-connections-per-host must be at least 1"
     if settings.connections < 1:
         return "--connections must be at least 1"
+    if settings.multipart_threshold < 1:
+        return "--multipart-threshold must be at least 1"
+    if settings.stall_timeout <= 0:
+        return "--stall-timeout must be more than 0"
+    if settings.max_retries < 0:
+        return "--max-retries must be 0 or more"
     if settings.retention_seconds < 0:
         return "--retention-seconds must be 0 or more"
     if not 0 <= settings.port <= 65535:
