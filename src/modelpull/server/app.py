@@ -179,6 +179,11 @@ def _last_event_id(request: Request) -> int | None:
         return None
 
 
+def _json(data: Any, status: int = 200) -> JSONResponse:
+    """A JSON answer without FastAPI's encoder pass (data is already JSON-ready; it is the hot path)."""
+    return JSONResponse(data, status_code=status)
+
+
 def _manager(request: Request) -> DownloadManager:
     return request.app.state.manager
 
@@ -235,12 +240,12 @@ def build_router() -> APIRouter:
         return JSONResponse(views.engine_download_started(result.kind, result.job), status_code=202)
 
     @router.get("/engines", tags=["engines"])
-    async def list_engines(request: Request) -> dict[str, Any]:
+    async def list_engines(request: Request) -> Response:
         engines = _manager(request).engines.all()
-        return {"engines": engines, "total_count": len(engines)}
+        return _json({"engines": engines, "total_count": len(engines)})
 
     @router.get("/engines/{engine_id}", tags=["engines"])
-    async def get_engine(engine_id: str, request: Request) -> dict[str, Any]:
+    async def get_engine(engine_id: str, request: Request) -> Response:
         _check_engine_id(engine_id)
         manager = _manager(request)
         engine = manager.engines.get(engine_id)
@@ -250,30 +255,30 @@ def build_router() -> APIRouter:
                 raise not_found(f"Engine '{engine_id}' is not created yet: its model is still downloading. "
                                 f"See /download-progress/{engine_id}", "engine_id", "engine_pending")
             raise not_found(f"Engine '{engine_id}' not found", "engine_id", "engine_not_found")
-        return engine
+        return _json(engine)
 
     @router.delete("/engines/{engine_id}", tags=["engines"])
-    async def remove_engine(engine_id: str, request: Request) -> dict[str, Any]:
+    async def remove_engine(engine_id: str, request: Request) -> Response:
         _check_engine_id(engine_id)
         if _manager(request).engines.remove(engine_id) is None:
             raise not_found("Engine not found or could not be removed", "engine_id", "engine_not_found")
-        return {"engine_id": engine_id, "status": "removed", "message": "Engine removed successfully"}
+        return _json({"engine_id": engine_id, "status": "removed", "message": "Engine removed successfully"})
 
     # ---- Kolosal: downloads ---------------------------------------------------------
 
     @router.get("/download-progress/{model_id}", tags=["kolosal downloads"])
-    async def download_progress(model_id: str, request: Request) -> dict[str, Any]:
-        return views.kolosal_progress(_manager(request).get(model_id))
+    async def download_progress(model_id: str, request: Request) -> Response:
+        return _json(views.kolosal_progress(_manager(request).get(model_id)))
 
     @router.get("/downloads", tags=["kolosal downloads"])
-    async def list_downloads(request: Request) -> dict[str, Any]:
-        return views.kolosal_downloads(list(_manager(request).jobs.values()))
+    async def list_downloads(request: Request) -> Response:
+        return _json(views.kolosal_downloads(list(_manager(request).jobs.values())))
 
     @router.post("/downloads/cancel", tags=["kolosal downloads"])
     @router.delete("/downloads", tags=["kolosal downloads"])
-    async def cancel_all(request: Request) -> dict[str, Any]:
+    async def cancel_all(request: Request) -> Response:
         cancelled, skipped, total = _manager(request).cancel_all()
-        return {
+        return _json({
             "success": True,
             "message": "Bulk download cancellation completed",
             "summary": {"total_downloads": total, "successful_cancellations": len(cancelled),
@@ -281,23 +286,23 @@ def build_router() -> APIRouter:
             "cancelled_downloads": cancelled,
             "failed_cancellations": skipped,
             "timestamp": int(time.time() * 1000),
-        }
+        })
 
     @router.delete("/downloads/{model_id}", tags=["kolosal downloads"])
     @router.post("/downloads/{model_id}/cancel", tags=["kolosal downloads"])
-    async def cancel(model_id: str, request: Request) -> dict[str, Any]:
+    async def cancel(model_id: str, request: Request) -> Response:
         previous = _manager(request).cancel(model_id)
-        return {"success": True, "message": "Download cancelled successfully", "model_id": model_id,
-                "previous_status": previous, "timestamp": int(time.time() * 1000)}
+        return _json({"success": True, "message": "Download cancelled successfully", "model_id": model_id,
+                "previous_status": previous, "timestamp": int(time.time() * 1000)})
 
     @router.post("/downloads/{model_id}/pause", tags=["kolosal downloads"])
-    async def pause(model_id: str, request: Request) -> dict[str, Any]:
+    async def pause(model_id: str, request: Request) -> Response:
         changed = _manager(request).pause(model_id)
         message = "Download paused; partial data kept" if changed else "Download was already paused"
-        return {"success": True, "message": message, "model_id": model_id}
+        return _json({"success": True, "message": message, "model_id": model_id})
 
     @router.post("/downloads/{model_id}/resume", tags=["kolosal downloads"])
-    async def resume(model_id: str, request: Request) -> dict[str, Any]:
+    async def resume(model_id: str, request: Request) -> Response:
         token = None
         if (await request.body()).strip():
             body = _object(await read_json(request), {"token"})
@@ -306,7 +311,7 @@ def build_router() -> APIRouter:
                 raise bad_request("'token' must be a string", "token", "invalid_parameter")
         changed = _manager(request).resume(model_id, token)
         message = "Download resumed" if changed else "Download is already queued or running"
-        return {"success": True, "message": message, "model_id": model_id}
+        return _json({"success": True, "message": message, "model_id": model_id})
 
     # ---- modelpull: jobs and streams ------------------------------------------------
 
@@ -321,8 +326,8 @@ def build_router() -> APIRouter:
         return JSONResponse(job.to_json(), status_code=202, headers={"Location": f"/downloads/{job.id}"})
 
     @router.get("/downloads/{model_id}", tags=["downloads"])
-    async def get_download(model_id: str, request: Request) -> dict[str, Any]:
-        return _manager(request).get(model_id).to_json()
+    async def get_download(model_id: str, request: Request) -> Response:
+        return _json(_manager(request).get(model_id).to_json())
 
     @router.get("/downloads/{model_id}/events", tags=["downloads"])
     async def download_events(model_id: str, request: Request) -> Response:
@@ -464,11 +469,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router, prefix="/v1", include_in_schema=False)
 
     @app.get("/health", tags=["operations"])
-    async def health(request: Request) -> dict[str, Any]:
+    async def health(request: Request) -> Response:
         manager = _manager(request)
         counts = manager.counts()
-        return {"status": "ok", "version": __version__, "active": manager.running_transfers,
-                "queued": counts.get("queued", 0), "uptime_seconds": round(time.time() - manager.started, 1)}
+        return _json({"status": "ok", "version": __version__, "active": manager.running_transfers,
+                      "queued": counts.get("queued", 0), "uptime_seconds": round(time.time() - manager.started, 1)})
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     async def metrics(request: Request) -> PlainTextResponse:
