@@ -57,6 +57,8 @@ SAVE_INTERVAL = 1.0  # progress written to the store at most this often
 SUBSCRIBER_QUEUE = 1000  # events a slow SSE client may lag behind before it is dropped
 # Options that change how bytes move, not which bytes: jobs differing only in these share a transfer.
 _TUNING_OPTIONS = frozenset(TransferOptions.NAMES) - {"sha256"}
+_FOLDER_OPTIONS = ("dest", "cache_dir", "local_dir", "models_path")  # must stay inside the models dir
+_URL_OPTIONS = ("registry",)  # checked by the URL policy
 
 
 @dataclasses.dataclass(eq=False)
@@ -255,7 +257,7 @@ class DownloadManager:
             source = get_provider(name)
         except ValueError as exc:
             raise bad_request(str(exc), "provider", "unsupported_provider") from None
-        options = self._checked_options(name, source, options)
+        options = await self._checked_options(name, source, options)
         if name == "url":
             await self._check_url(model, "model")
             options.setdefault("filename", suggest_filename(model))
@@ -270,7 +272,8 @@ class DownloadManager:
         self._enqueue(job)
         return job
 
-    def _checked_options(self, name: str, source: Any, options: dict[str, Any]) -> dict[str, Any]:
+    async def _checked_options(self, name: str, source: Any, options: dict[str, Any]) -> dict[str, Any]:
+        """Known option names only; every folder inside the models dir; URLs through the URL policy."""
         allowed = set(TransferOptions.NAMES) | set(source.option_names)
         for key in options:
             if key == "models_dir":
@@ -281,14 +284,26 @@ class DownloadManager:
                     f"Unknown option '{key}' for provider '{name}' (known: {', '.join(sorted(allowed))})",
                     f"options.{key}", "unknown_option",
                 )
-        if "dest" in options:
-            dest = options["dest"]
-            if not isinstance(dest, str) or not dest:
-                raise bad_request("'options.dest' must be a folder path", "options.dest", "invalid_parameter")
+        for key in _FOLDER_OPTIONS:
+            if key not in options:
+                continue
+            value = options[key]
+            if not isinstance(value, str) or not value:
+                raise bad_request(f"'options.{key}' must be a folder path", f"options.{key}", "invalid_parameter")
             try:
-                options["dest"] = str(resolve_inside(self.models_dir, dest))
+                options[key] = str(resolve_inside(self.models_dir, value))
             except ValueError as exc:
-                raise bad_request(f"'options.dest': {exc}", "options.dest", "invalid_destination") from None
+                raise bad_request(f"'options.{key}': {exc}", f"options.{key}", "invalid_destination") from None
+        for key in _URL_OPTIONS:
+            if key in options:
+                if not isinstance(options[key], str):
+                    raise bad_request(f"'options.{key}' must be a URL", f"options.{key}", "invalid_parameter")
+                await self._check_url(options[key], f"options.{key}", require_path=False)
+        # Downloads land in the models dir: the Hub cache and Ollama's store get a home inside it.
+        if name in ("huggingface", "mlx") and "local_dir" not in options:
+            options.setdefault("cache_dir", str(self.models_dir / "huggingface" / "hub"))
+        if name == "ollama":
+            options.setdefault("models_path", str(self.models_dir / "ollama"))
         return options
 
     async def _check_url(self, url: str, param: str, require_path: bool = True) -> None:
@@ -360,7 +375,7 @@ class DownloadManager:
                 source = get_provider(provider)
             except ValueError as exc:
                 raise ApiError(422, str(exc), param="model_path", code="invalid_model_url") from None
-            model, options = reference.model, self._checked_options(provider, source, dict(reference.options))
+            model, options = reference.model, await self._checked_options(provider, source, dict(reference.options))
         if request.sha256:
             options["sha256"] = request.sha256
 
