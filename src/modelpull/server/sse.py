@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from .jobs import Job
 from .manager import DownloadManager, Subscriber
@@ -42,6 +42,23 @@ async def _next(subscriber: Subscriber) -> Any:
 KEEPALIVE = object()
 
 
+async def _follow(subscriber: Subscriber, render: Callable[[Any], tuple[str | None, bool]]) -> AsyncIterator[str]:
+    """Frames for the subscriber's events (`render(event)` -> (frame or None, last?)), with a
+    keep-alive comment in every silence; ends after the last frame or with the subscription."""
+    while True:
+        event = await _next(subscriber)
+        if event is None:
+            return
+        if event is KEEPALIVE:
+            yield ": keep-alive\n\n"
+            continue
+        text, last = render(event)
+        if text:
+            yield text
+        if last:
+            return
+
+
 async def job_events(
     manager: DownloadManager, job: Job, subscriber: Subscriber, backlog: list[tuple[int, str, bool]]
 ) -> AsyncIterator[str]:
@@ -52,17 +69,8 @@ async def job_events(
                 return
         if job.final:
             return
-        while True:
-            event = await _next(subscriber)
-            if event is None:
-                return
-            if event is KEEPALIVE:
-                yield ": keep-alive\n\n"
-                continue
-            event_id, data, final = event
-            yield frame(data, event_id)
-            if final:
-                return
+        async for text in _follow(subscriber, lambda event: (frame(event[1], event[0]), event[2])):
+            yield text
     finally:
         manager.unsubscribe_job(job, subscriber)
 
@@ -72,23 +80,25 @@ async def abstractcore_events(manager: DownloadManager, job: Job) -> AsyncIterat
     if subscribed is None:
         return
     subscriber, _ = subscribed
-    last: dict[str, Any] | None = None
+    shown: dict[str, Any] = {}
+
+    def render(_: Any) -> tuple[str | None, bool]:
+        item = abstractcore_item(job)
+        if job.final:  # the final item, then AbstractCore's closing one
+            return frame(json.dumps(item), job.event_id) + frame(json.dumps(abstractcore_end(job))), True
+        if item == shown.get("last"):
+            return None, False
+        shown["last"] = item
+        return frame(json.dumps(item), job.event_id), False
+
     try:
-        while True:
-            item = abstractcore_item(job)
-            if item != last and not job.final:
-                last = item
-                yield frame(json.dumps(item), job.event_id)
-            if job.final:
-                yield frame(json.dumps(item), job.event_id)
-                yield frame(json.dumps(abstractcore_end(job)))
-                return
-            event = await _next(subscriber)
-            if event is None:
-                if not job.final:
-                    return
-            elif event is KEEPALIVE:
-                yield ": keep-alive\n\n"
+        text, last = render(None)
+        if text:
+            yield text
+        if last:
+            return
+        async for text in _follow(subscriber, render):
+            yield text
     finally:
         manager.unsubscribe_job(job, subscriber)
 
@@ -107,14 +117,7 @@ async def all_events(manager: DownloadManager) -> AsyncIterator[str]:
             engines += kind == "engine"
             yield frame(data, event_id, kind)
         yield frame(json.dumps({"jobs": jobs, "engines": engines}), None, "ready")
-        while True:
-            event = await _next(subscriber)
-            if event is None:
-                return
-            if event is KEEPALIVE:
-                yield ": keep-alive\n\n"
-                continue
-            event_id, kind, data = event
-            yield frame(data, event_id, kind)
+        async for text in _follow(subscriber, lambda event: (frame(event[2], event[0], event[1]), False)):
+            yield text
     finally:
         manager.unsubscribe_all(subscriber)
