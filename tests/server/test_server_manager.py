@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from server_helpers import assert_error, file_sha256, random_bytes, sha256
+from server_helpers import assert_error, file_sha256, make_gguf, random_bytes, sha256
 
 SLOW = 150_000
 
@@ -75,10 +75,12 @@ def test_pause_answers_at_once_and_other_calls_are_not_blocked(server, file_serv
     server.client.post("/downloads/cancel")
 
 
-def test_unfinished_jobs_resume_after_a_restart(start_server, file_server, server_settings):
+def test_unfinished_jobs_resume_after_a_restart(start_server, file_server, server_settings, tmp_path):
     data = random_bytes(1_200_000, seed=40)
     url = file_server.add_file("/restart.bin", data, throttle_bps=300_000)
     first = start_server()
+    model = make_gguf(tmp_path / "kept.gguf")
+    assert first.client.post("/engines", json={"engine_id": "kept", "model_path": str(model)}).status_code == 201
     job_id = first.submit(url, options={"sha256": sha256(data)})["id"]
     queued = first.submit(file_server.add_file("/later.bin", b"L" * 5000))["id"]
     paused_url = file_server.add_file("/paused.bin", random_bytes(300_000, seed=41), throttle_bps=SLOW)
@@ -90,6 +92,7 @@ def test_unfinished_jobs_resume_after_a_restart(start_server, file_server, serve
 
     second = start_server()
     assert second.job(paused)["status"] == "paused"  # a paused job stays paused
+    assert second.client.get("/engines/kept").json()["model_info"]["format"] == "gguf"  # engines too
     done = second.wait_status(job_id, "completed", "failed", timeout=60)
     assert done["status"] == "completed", done
     assert file_sha256(second.settings.home / "restart.bin") == sha256(data)
