@@ -272,7 +272,8 @@ def build_router() -> APIRouter:
 
     @router.get("/downloads", tags=["kolosal downloads"])
     async def list_downloads(request: Request) -> Response:
-        return _json(views.kolosal_downloads(list(_manager(request).jobs.values())))
+        return Response(views.kolosal_downloads(list(_manager(request).jobs.values())),
+                        media_type="application/json")
 
     @router.post("/downloads/cancel", tags=["kolosal downloads"])
     @router.delete("/downloads", tags=["kolosal downloads"])

@@ -91,6 +91,8 @@ class Job:
     dirty: bool = False  # changed since the last published event
     unsaved: bool = False  # changed since the last store write
     last_published: float = 0.0
+    revision: int = 0  # bumped on every change
+    view_cache: tuple | None = None  # (key, bytes) of its Kolosal entry, for GET /downloads
 
     @property
     def final(self) -> bool:
@@ -149,6 +151,7 @@ class Job:
         self.finished_at = None
 
     def touch(self) -> None:
+        self.revision += 1
         self.updated_at = now_ms()
         self.dirty = True
         self.unsaved = True
@@ -201,5 +204,5 @@ class Job:
 
 
 _TRANSIENT = frozenset({
-    "token", "shared_with", "events", "subscribers", "dirty", "unsaved", "last_published",
+    "token", "shared_with", "events", "subscribers", "dirty", "unsaved", "last_published", "revision", "view_cache",
 })

@@ -409,18 +409,21 @@ class DownloadManager:
             raise bad_request(str(exc), "model_path", "invalid_model_format") from None
 
     async def _create_waiting_engine(self, job: Job) -> None:
+        """The download finished: create the engine waiting for it (its failure leaves the job completed)."""
         request = EngineRequest.from_creation_info(job.engine)  # type: ignore[arg-type]
         if self.engines.taken(request.engine_id):
-            job.message = f"{job.message}; engine '{request.engine_id}' not created: that id was taken meanwhile"
-            return
-        try:
-            await self.engines.create(request, Path(job.local_path or ""), job.id)
-            job.message = f"{job.message}; engine '{request.engine_id}' created"
-        except UnsupportedModel as exc:
-            job.message = f"{job.message}; engine '{request.engine_id}' not created: {exc}"
-        except Exception as exc:  # an engine problem never turns a finished download into an error
-            log.exception("engine creation failed", extra={"engine_id": request.engine_id})
-            job.message = f"{job.message}; engine '{request.engine_id}' not created: {exc}"
+            note = "not created: that id was taken meanwhile"
+        else:
+            try:
+                await self.engines.create(request, Path(job.local_path or ""), job.id)
+                note = "created"
+            except UnsupportedModel as exc:
+                note = f"not created: {exc}"
+            except Exception as exc:  # an engine problem never turns a finished download into an error
+                log.exception("engine creation failed", extra={"engine_id": request.engine_id})
+                note = f"not created: {exc}"
+        job.message = f"{job.message}; engine '{request.engine_id}' {note}"
+        job.touch()
 
     # ------------------------------------------------------------------ control
 
@@ -527,13 +530,12 @@ class DownloadManager:
 
     def _attach(self, job: Job, transfer: Transfer) -> None:
         transfer.job_ids.append(job.id)
+        job.started_at = job.started_at or now_ms()
         job.set_status(J.DOWNLOADING, "Following a download of the same source already in progress",
                        phase="downloading")
         if transfer.last is not None:
             job.apply(dataclasses.replace(transfer.last, status=DownloadStatus.DOWNLOADING
                                           if transfer.last.status is DownloadStatus.STARTING else transfer.last.status))
-        if job.started_at is None:
-            job.started_at = now_ms()
         self._refresh_shared()
         self._save([job])
         self._publish(job)
@@ -543,8 +545,8 @@ class DownloadManager:
         self._transfers[job.source_key] = transfer
         self._locks[job.lock_key] = transfer
         self._running.add(transfer)
-        job.set_status(J.DOWNLOADING, "Starting", phase="starting")
         job.started_at = job.started_at or now_ms()
+        job.set_status(J.DOWNLOADING, "Starting", phase="starting")
         self._save([job])
         self._publish(job)
         transfer.task = asyncio.create_task(self._run(transfer, job), name=f"modelpull:job:{job.id}")

@@ -3,6 +3,7 @@ and AbstractCore's SSE items. Field names and types follow their documents exact
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from . import jobs as J
@@ -46,8 +47,12 @@ def kolosal_progress(job: Job, now: int | None = None) -> dict[str, Any]:
     return body
 
 
-def kolosal_downloads(jobs: list[Job]) -> dict[str, Any]:
-    """`GET /downloads`: unfinished jobs, with `total_active` at the top level and in `summary`."""
+def kolosal_downloads(jobs: list[Job]) -> bytes:
+    """`GET /downloads` as JSON bytes: unfinished jobs, `total_active` at the top level and in `summary`.
+
+    It is the route clients poll, with every job in it: each job's entry is serialised once and
+    reused until the job changes or its elapsed second does.
+    """
     now = now_ms()
     active = [j for j in jobs if not j.final]
     summary: dict[str, Any] = {
@@ -57,12 +62,21 @@ def kolosal_downloads(jobs: list[Job]) -> dict[str, Any]:
     }
     for status in J.ACTIVE_STATUSES:
         summary[status] = sum(1 for j in active if j.status == status)
-    return {
-        "active_downloads": [kolosal_progress(j, now) for j in active],
-        "total_active": len(active),
-        "summary": summary,
-        "timestamp": now,
-    }
+    entries = b",".join(_cached_progress(j, now) for j in active)
+    return b"".join((
+        b'{"active_downloads":[', entries, b'],"total_active":', str(len(active)).encode(),
+        b',"summary":', json.dumps(summary, separators=(",", ":")).encode(),
+        b',"timestamp":', str(now).encode(), b"}",
+    ))
+
+
+def _cached_progress(job: Job, now: int) -> bytes:
+    start = job.started_at or job.created_at
+    key = (job.revision, max(0, int((now - start) / 1000)))
+    cached = job.view_cache
+    if cached is None or cached[0] != key:
+        cached = job.view_cache = (key, json.dumps(kolosal_progress(job, now), separators=(",", ":")).encode())
+    return cached[1]
 
 
 def abstractcore_item(job: Job) -> dict[str, Any]:
