@@ -9,7 +9,8 @@ POSTed at once (with their sha256); while they run, one client measures `GET /do
 `GET /download-progress/{id}` (a random job each time) back to back, and the server's RSS is
 sampled from /proc. At the end every job must be `completed` and every file's sha256 right.
 
-Targets (issue 5): p99 <= 25 ms for both routes, RSS <= 200 MB, every digest right.
+Targets (issue 5): p99 <= 25 ms for both routes, RSS <= 200 MB, every digest right. `GET /health`
+is measured alongside as a baseline: what the machine, the client and the event loop add to any call.
 """
 from __future__ import annotations
 
@@ -85,7 +86,8 @@ async def run(args: argparse.Namespace) -> int:
     _nginx.ensure_tools(("nginx",))
     nginx = _nginx.start_nginx(root, limit_rate=args.limit_rate)
     process, base = start_server(models, work / "state.db", args.active, work / "server.log")
-    latencies: dict[str, list[float]] = {"GET /downloads": [], "GET /download-progress/{id}": []}
+    latencies: dict[str, list[float]] = {"GET /downloads": [], "GET /download-progress/{id}": [],
+                                         "GET /health (baseline)": []}
     rss_samples: list[int] = []
     try:
         async with httpx.AsyncClient(base_url=base, timeout=60,
@@ -123,6 +125,9 @@ async def run(args: argparse.Namespace) -> int:
                     one = await probe.get(f"/download-progress/{rng.choice(ids)}")
                     latencies["GET /download-progress/{id}"].append((time.perf_counter() - t0) * 1000)
                     one.raise_for_status()
+                    t0 = time.perf_counter()
+                    (await probe.get("/health")).raise_for_status()
+                    latencies["GET /health (baseline)"].append((time.perf_counter() - t0) * 1000)
                     if time.monotonic() - last_report > 5:
                         last_report = time.monotonic()
                         print(f"  {active} unfinished, {len(latencies['GET /downloads'])} probes", flush=True)
@@ -151,8 +156,10 @@ async def run(args: argparse.Namespace) -> int:
     rows = []
     for route, values in latencies.items():
         p99 = percentile(values, 99)
+        baseline = "baseline" in route  # the cheapest route: what the machine and client add to every call
         rows.append([route, len(values), f"{percentile(values, 50):.1f} ms", f"{p99:.1f} ms",
-                     f"{max(values):.1f} ms", f"<= {TARGET_P99_MS:.0f} ms", "yes" if p99 <= TARGET_P99_MS else "NO"])
+                     f"{max(values):.1f} ms", "" if baseline else f"<= {TARGET_P99_MS:.0f} ms",
+                     "" if baseline else ("yes" if p99 <= TARGET_P99_MS else "NO")])
     rows.append(["server RSS (peak)", len(rss_samples), f"{statistics.median(rss_samples) / 2 ** 20:.0f} MB", "",
                  f"{peak_rss_mb:.0f} MB", f"<= {TARGET_RSS_MB:.0f} MB", "yes" if peak_rss_mb <= TARGET_RSS_MB else "NO"])
     rows.append(["jobs completed, digest right", len(ids), "", "", f"{len(ids) - len(wrong)}/{len(ids)}",
@@ -170,7 +177,7 @@ async def run(args: argparse.Namespace) -> int:
         shutil.rmtree(work, ignore_errors=True)
     else:
         print(f"kept {work}")
-    met = all(r[-1] == "yes" for r in rows)
+    met = all(r[-1] in ("yes", "") for r in rows)
     return 0 if met else 1
 
 

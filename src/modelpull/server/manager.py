@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
@@ -128,6 +129,8 @@ class DownloadManager:
         self._subscribers: set[Subscriber] = set()  # /events
         self._seq = 0
         self._session: aiohttp.ClientSession | None = None
+        # One thread writes to the store, in submission order.
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelpull-store")
         self._background: list[asyncio.Task] = []
         self._closing = False
         self.started = time.time()
@@ -173,6 +176,7 @@ class DownloadManager:
         tasks = [t.task for t in self._running if t.task is not None]
         await asyncio.gather(*tasks, *self._background, return_exceptions=True)
         self._save([j for j in self.jobs.values() if j.unsaved])
+        self._writer.shutdown(wait=True)
         for subscriber in list(self._subscribers):
             subscriber.close()
         for job in self.jobs.values():
@@ -722,15 +726,23 @@ class DownloadManager:
     # ------------------------------------------------------------------ background
 
     def _save(self, jobs: list[Job]) -> None:
+        """Write these jobs to the store, on the writer thread: a commit (and SQLite's occasional
+        checkpoint, which syncs the disk) never stalls the event loop that answers requests."""
         if not jobs:
             return
-        try:
-            self.store.save_jobs([j.to_record() for j in jobs])
-        except Exception:
-            log.exception("could not save jobs to the store")
-            return
+        records = [j.to_record() for j in jobs]
         for job in jobs:
             job.unsaved = False
+        self._write(self.store.save_jobs, records)
+
+    def _write(self, method: Any, *args: Any) -> None:
+        def run() -> None:
+            try:
+                method(*args)
+            except Exception:
+                log.exception("could not write to the store")
+
+        self._writer.submit(run)
 
     async def _flush_loop(self) -> None:
         """Publish coalesced progress and write it to the store, a few times a second."""
@@ -764,7 +776,7 @@ class DownloadManager:
             SECRETS.discard(job.token)
             for subscriber in list(job.subscribers):
                 subscriber.close()
-        self.store.delete_jobs(ids)
+        self._write(self.store.delete_jobs, ids)
         for job_id in ids:
             self._broadcast("job-removed", json.dumps({"id": job_id}))
         return ids
