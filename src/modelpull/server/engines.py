@@ -82,7 +82,7 @@ def parse_engine_request(body: Any) -> EngineRequest:
         raise bad_request("'engine_id' is required and must be a string", "engine_id", "missing_engine_id")
     if not valid_id(engine_id):
         raise bad_request(
-            f"Invalid engine_id: use 1 to 128 characters from A-Z a-z 0-9 . _ : -", "engine_id", "invalid_engine_id"
+            "Invalid engine_id: use 1 to 128 characters from A-Z a-z 0-9 . _ : -", "engine_id", "invalid_engine_id"
         )
     model_path = body.get("model_path")
     if not isinstance(model_path, str) or not model_path.strip():
@@ -316,12 +316,16 @@ class EngineRegistry:
         engine = self._engines.get(engine_id)
         return engine is not None and engine["status"] != "failed"
 
-    async def create(self, request: EngineRequest, local_path: Path, download_id: str | None) -> dict[str, Any]:
-        """Inspect `local_path` and register the engine; UnsupportedModel leaves a `failed` record."""
+    async def create(
+        self, request: EngineRequest, local_path: Path, download_id: str | None, *, record_failure: bool = True,
+    ) -> dict[str, Any]:
+        """Inspect `local_path` and register the engine. UnsupportedModel is raised, after leaving a
+        `failed` record that says why (unless `record_failure` is False: a refused request)."""
         try:
             info = await asyncio.to_thread(inspect_model_file, local_path)
         except UnsupportedModel as exc:
-            self._put(self._record(request, local_path, download_id, None, str(exc)))
+            if record_failure:
+                self._put(self._record(request, local_path, download_id, None, str(exc)))
             raise
         return self._put(self._record(request, local_path, download_id, info, None))
 

@@ -28,7 +28,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -72,7 +72,6 @@ class Transfer:
     control: DownloadControl = dataclasses.field(default_factory=DownloadControl)
     task: asyncio.Task | None = None
     last: DownloadProgress | None = None
-    stopping: bool = False
     baseline_bytes: int | None = None  # bytes on disk when it started (not counted as downloaded)
     counted_bytes: int = 0
 
@@ -102,15 +101,13 @@ class Subscriber:
             self.close()
 
     def close(self) -> None:
+        """End the subscription: the end marker goes in, after dropping the oldest event if full."""
         if self.closed:
             return
         self.closed = True
-        with contextlib.suppress(asyncio.QueueFull):
-            self.queue.put_nowait(None)
-        if self.queue.full():  # make room for the end marker
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self.queue.get_nowait()
-            self.queue.put_nowait(None)
+        if self.queue.full():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)
 
 
 class DownloadManager:
@@ -212,9 +209,6 @@ class DownloadManager:
         if job is None:
             raise not_found(f"No download found for model ID: {job_id}", "model_id", "download_not_found")
         return job
-
-    def active_jobs(self) -> list[Job]:
-        return [j for j in self.jobs.values() if not j.final]
 
     def counts(self) -> collections.Counter[str]:
         return collections.Counter(j.status for j in self.jobs.values())
@@ -407,9 +401,8 @@ class DownloadManager:
 
     async def _create_engine_now(self, request: EngineRequest, path: Path, download_id: str | None) -> dict[str, Any]:
         try:
-            return await self.engines.create(request, path, download_id)
+            return await self.engines.create(request, path, download_id, record_failure=False)
         except UnsupportedModel as exc:
-            self.engines.remove(request.engine_id)  # a refused request leaves no record behind
             raise bad_request(str(exc), "model_path", "invalid_model_format") from None
 
     async def _create_waiting_engine(self, job: Job) -> None:
@@ -499,7 +492,6 @@ class DownloadManager:
         if not transfer.job_ids:
             # Nobody follows it any more: stop it in the background. Its files stay locked
             # (lock_key) until the task has really ended, so a resume cannot race it.
-            transfer.stopping = True
             self._transfers.pop(transfer.source_key, None)
             transfer.control.cancel(discard=discard)
         self._refresh_shared()
