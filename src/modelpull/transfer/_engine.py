@@ -54,6 +54,9 @@ from ._state import Layout, PieceState, partial_paths, remove_partial
 WRITE_CHUNK = 1024 * 1024  # bytes buffered before a pwrite (and a counter update)
 WRITE_INTERVAL = 0.5  # seconds: on a slow link, write (and record) at least this often
 MAX_RETRY_AFTER = 300.0
+RAMP_WINDOW = 0.3  # seconds of one connection, then of all, before deciding how many to keep
+RAMP_SETTLE = 0.1
+RAMP_GAIN = 1.2  # more connections stay only if they are at least this much faster
 FLUSH_EVERY = 64 * 1024 * 1024  # written bytes between background fdatasync calls
 _IOV_MAX = 512
 
@@ -244,7 +247,10 @@ class _FileTransfer:
         wants_sha1 = self.file.git_sha1 is not None and self._expected_size is not None
         if wants_sha256 or wants_sha1:
             self.hasher = FollowingHasher(
-                self.fd, sha256=wants_sha256, git_sha1_size=self._expected_size if wants_sha1 else None
+                self.fd,
+                sha256=wants_sha256,
+                git_sha1_size=self._expected_size if wants_sha1 else None,
+                size_hint=self.state.layout.total if self.state else None,
             )
             self._advance_watermark()
 
@@ -258,23 +264,57 @@ class _FileTransfer:
             return
         total = layout.total or 0
         parallel = layout.ranged and total >= self.options.multipart_threshold
-        workers = min(self.options.connections, len(pending)) if parallel else 1
+        most = min(self.options.connections, len(pending)) if parallel else 1
         self._pending = pending
+        self._allowed = 1  # workers that may take another piece (see _ramp_up)
+        self._running = 0
         first_response = probe if (probe is not None and pending[0] == 0) else None
         if probe is not None and first_response is None:
             probe.release()
         try:
             async with asyncio.TaskGroup() as group:
-                for number in range(max(1, workers)):
-                    group.create_task(self._worker(first_response if number == 0 else None))
+                group.create_task(self._worker(first_response))
+                if most > 1:
+                    group.create_task(self._ramp_up(group, most))
         except BaseExceptionGroup as group_error:
             raise _first_meaningful(group_error) from None
 
+    async def _ramp_up(self, group: asyncio.TaskGroup, most: int) -> None:
+        """Open more connections only where they make the download faster.
+
+        Against a server that caps each connection (a CDN, `limit_rate`), `most` connections
+        are `most` times faster. On a link one connection already fills (loopback, a LAN), the
+        extra connections only cost CPU: measured on 2 cores, 8 connections from a local nginx
+        took 2.7x curl's time, one took 1.4x. So: one connection for RAMP_WINDOW, then all of
+        them for RAMP_WINDOW; if that did not raise the rate by RAMP_GAIN, back to one.
+        """
+        single = await self._rate_over(RAMP_WINDOW)
+        if not self._pending:
+            return
+        self._allowed = most
+        for _ in range(most - self._running):
+            group.create_task(self._worker(None))
+        await asyncio.sleep(RAMP_SETTLE)  # new connections' handshakes are not their speed
+        several = await self._rate_over(RAMP_WINDOW)
+        if several < single * RAMP_GAIN:
+            self._allowed = 1  # the extra workers stop after their current piece
+
+    async def _rate_over(self, seconds: float) -> float:
+        before = self.progress.done
+        await asyncio.sleep(seconds)
+        return (self.progress.done - before) / seconds
+
     async def _worker(self, response: aiohttp.ClientResponse | None) -> None:
-        while self._pending:
-            index = self._pending.pop(0)
-            await self._fetch_piece(index, response)
-            response = None
+        self._running += 1
+        try:
+            while self._pending and self._running <= self._allowed:
+                index = self._pending.pop(0)
+                await self._fetch_piece(index, response)
+                response = None
+        finally:
+            self._running -= 1
+            if response is not None:
+                response.release()
 
     async def _verify_and_commit(self) -> None:
         assert self.state is not None

@@ -22,8 +22,10 @@ _BLOCK = int(_os.environ.get("MODELPULL_HASH_BLOCK", 16 * 1024 * 1024))
 class FollowingHasher:
     """sha256 and/or git-blob sha1 of a file, fed up to a moving watermark."""
 
-    def __init__(self, fd: int, *, sha256: bool, git_sha1_size: int | None) -> None:
+    def __init__(self, fd: int, *, sha256: bool, git_sha1_size: int | None, size_hint: int | None = None) -> None:
         self._fd = fd
+        # No bigger buffer than the file: a small file must not cost a 16 MiB zero-filled buffer.
+        self._block = max(1, min(_BLOCK, size_hint)) if size_hint is not None else _BLOCK
         self._hashers: dict[str, "hashlib._Hash"] = {}
         if sha256:
             self._hashers["sha256"] = hashlib.sha256()
@@ -65,7 +67,7 @@ class FollowingHasher:
             self._cond.notify()
 
     def _run(self) -> None:
-        buffer = bytearray(_BLOCK)  # reused: no allocation (and page faults) per block
+        buffer = bytearray(self._block)  # reused: no allocation (and page faults) per block
         view = memoryview(buffer)
         try:
             while True:
@@ -78,7 +80,7 @@ class FollowingHasher:
                         return
                     target = self._target
                 while self._hashed < target:
-                    want = min(_BLOCK, target - self._hashed)
+                    want = min(self._block, target - self._hashed)
                     count = os.preadv(self._fd, [view[:want]], self._hashed)
                     if count <= 0:
                         raise OSError("partial file is shorter than its recorded progress")
