@@ -15,7 +15,7 @@ from yarl import URL
 from .._errors import InvalidRequest
 from .._plan import DownloadRequest, Plan, PlannedFile
 from ..transfer import partial_paths, public_url
-from ..transfer._http import open_following_redirects, permanent_status_error
+from ..transfer._http import MAX_REDIRECTS, REDIRECT_STATUSES, origin, permanent_status_error, strip_credentials
 from ._base import Provider
 
 MAX_NAME_BYTES = 200
@@ -89,7 +89,6 @@ async def _peek(
 
 
 async def _head_following_redirects(session, url, headers, timeout):
-    from ..transfer._http import MAX_REDIRECTS, REDIRECT_STATUSES, origin, strip_credentials
 
     current = URL(url)
     sent = dict(headers)
@@ -137,6 +136,20 @@ def sanitize_filename(raw: str) -> str:
         suffix = f".{suffix}" if dot and len(suffix) <= 16 else ""
         name = encoded[: MAX_NAME_BYTES - len(suffix.encode())].decode(errors="ignore") + suffix
     return name
+
+
+def is_downloaded_from(dest: Path, url: str) -> bool:
+    """True when `dest` holds a finished download of `url`, or a file put there by hand.
+
+    A file this provider booked for another URL is not `url`'s (a download of `url` would
+    pick another name), and a file with partial data beside it is not finished.
+    """
+    if not dest.is_file() or any(p.exists() for p in partial_paths(dest)):
+        return False
+    record = _SourceBook(dest.parent)._read(dest.name)
+    if record is None:
+        return not (dest.parent / SOURCES_DIR / f"{dest.name}.json").exists()
+    return record.get("url_sha256") == _url_key(url) and record.get("complete") is True
 
 
 class _SourceBook:

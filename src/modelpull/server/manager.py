@@ -21,7 +21,6 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ from .._refs import parse_reference
 from .._run import DownloadControl, error_item
 from .._settings import Settings
 from ..providers import canonical_name, get_provider
-from ..providers.url import suggest_filename
+from ..providers.url import is_downloaded_from, suggest_filename
 from ..transfer import partial_paths, remove_partial
 from . import jobs as J
 from .engines import EngineRegistry, EngineRequest, UnsupportedModel
@@ -389,7 +388,7 @@ class DownloadManager:
 
         if provider == "url":
             dest = self.models_dir / options["filename"]
-            if _downloaded_here(dest, model_path) and self._transfers.get(
+            if is_downloaded_from(dest, model_path) and self._transfers.get(
                     _source_key(provider, model, options, None)) is None:
                 return EngineAddResult("created", engine=await self._create_engine_now(request, dest, None))
             kind_of_start = "resuming" if any(p.exists() for p in partial_paths(dest)) else "started"
@@ -801,24 +800,6 @@ def _model_path_kind(model_path: str) -> str:
     if ":" in lowered and prefix in ("hf", "huggingface", "mlx", "ollama", "url"):
         return "reference"
     return "local"
-
-
-def _downloaded_here(dest: Path, url: str) -> bool:
-    """True when `dest` is a finished download of `url` (or a file put there by hand).
-
-    The URL provider books which URL each file came from in `.modelpull/sources/`; a file booked
-    for another URL is not ours (the provider would pick another name for this one).
-    """
-    if not dest.is_file() or any(p.exists() for p in partial_paths(dest)):
-        return False
-    book = dest.parent / ".modelpull" / "sources" / f"{dest.name}.json"
-    try:
-        record = json.loads(book.read_text())
-    except FileNotFoundError:
-        return True
-    except (OSError, ValueError):
-        return False
-    return record.get("url_sha256") == hashlib.sha256(url.encode()).hexdigest() and record.get("complete") is True
 
 
 def _configured_hosts() -> list[tuple[str, int]]:
