@@ -21,9 +21,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Debian's Chromium, headless. Each `launch()` gets a fresh temporary profile (user-data dir)."""
+    """Debian's Chromium, headless. Each `launch()` gets a fresh temporary profile (user-data dir).
+
+    Module scope, not session: Playwright's sync API marks an event loop as running in the main
+    thread while it is open, and every pytest-asyncio test collected after it would then fail
+    with "Runner.run() cannot be called from a running event loop".
+    """
     if CHROMIUM is None:
         pytest.skip(SKIP_REASON)
     from playwright.sync_api import sync_playwright
