@@ -318,6 +318,15 @@ async def test_same_host_redirect(file_server, tmp_path):
     assert_complete(await collect(url, tmp_path), data)
 
 
+async def test_a_signed_urls_query_never_appears_in_progress(file_server, tmp_path):
+    data = payload(64 * 1024)
+    url = file_server.add_file("/model.bin", data) + "?X-Amz-Signature=secret-signature"
+    items = await collect(url, tmp_path)
+    assert_complete(items, data)
+    assert items[0].message.startswith("Starting download of ") and "model.bin" in items[0].message
+    assert not any("secret-signature" in item.message for item in items)
+
+
 async def test_cross_host_redirect_does_not_leak_the_token(file_server, other_host_server, tmp_path):
     data = payload(1 * MiB)
     target = other_host_server.add_file("/cdn/blob", data)

@@ -48,14 +48,15 @@ async def download_model(
     control: DownloadControl | None = options.pop("_control", None)
     session: aiohttp.ClientSession | None = options.pop("_session", None)
     source = get_provider(name)
-    yield DownloadProgress(status=DownloadStatus.STARTING, message=f"Starting download of {model} from {name}")
-
     last: DownloadProgress | None = None
     try:
         request = _build_request(source, name, model, token, base_url, options)
     except ModelPullError as exc:
+        yield DownloadProgress(status=DownloadStatus.STARTING, message=f"Starting download from {name}")
         yield error_item(exc)
         return
+    # The provider names the download: a URL's query string (signed links, tokens) stays out.
+    yield DownloadProgress(status=DownloadStatus.STARTING, message=f"Starting download of {_describe(source, request)}")
 
     owns_session = session is None
     if session is None:
@@ -94,8 +95,6 @@ async def download_model(
             ModelPullError(f"the {name} download of {model} ended without completing", code="incomplete"), partial=last
         )
     except ModelPullError as exc:
-        if exc.code == "digest_mismatch":
-            context.discard_partials()
         yield error_item(exc, partial=last)
     except (aiohttp.ClientError, OSError) as exc:
         log.debug("download failed", exc_info=True)
@@ -114,6 +113,13 @@ async def download_model(
         await stream.aclose()
         if owns_session:
             await session.close()
+
+
+def _describe(source: Any, request: DownloadRequest) -> str:
+    try:
+        return source.describe(request)
+    except ModelPullError:  # a malformed name: plan() reports it properly
+        return f"a model from {request.provider}"
 
 
 def _build_request(

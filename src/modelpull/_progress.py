@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from pathlib import Path
 from typing import Any
 
 
@@ -65,7 +64,3 @@ class DownloadProgress:
         values = {k: v for k, v in data.items() if k in fields}
         values["status"] = DownloadStatus(values["status"])
         return cls(**values)
-
-
-def local_path_str(path: Path | str | None) -> str | None:
-    return None if path is None else str(path)

@@ -75,9 +75,6 @@ def _hub_reference(provider: str, rest: str, text: str) -> Reference:
         options["revision"] = revision
     if not repo or repo.count("/") > 1 or repo.startswith("/") or repo.endswith("/"):
         _bad(text)
-    if provider == "huggingface" and "/" not in repo:
-        # Hub repos without an org exist (gpt2), keep them as typed.
-        pass
     return Reference(provider, repo, options)
 
 

@@ -15,7 +15,7 @@ from ._errors import ModelPullError
 from ._plan import DownloadRequest, Plan, PlannedFile, TransferOptions
 from ._progress import DownloadProgress, DownloadStatus
 from ._units import format_bytes
-from .transfer import FileProgress, check_disk_space, fetch_file, partial_bytes, remove_partial
+from .transfer import FileProgress, check_disk_space, existing_ancestor, fetch_file, partial_bytes, remove_partial
 
 if TYPE_CHECKING:
     from .providers import Provider
@@ -230,9 +230,7 @@ def _check_plan_space(plan: Plan, trackers: list[FileProgress]) -> None:
     for file, tracker in zip(plan.files, trackers):
         if file.present or file.size is None:
             continue
-        directory = file.dest.parent
-        while not directory.exists() and directory != directory.parent:
-            directory = directory.parent
+        directory = existing_ancestor(file.dest.parent)
         device = directory.stat().st_dev
         key = next((d for d in needed if d.stat().st_dev == device), directory)
         needed[key] = needed.get(key, 0) + max(0, file.size - tracker.done)

@@ -12,10 +12,10 @@ from urllib.parse import unquote
 import aiohttp
 from yarl import URL
 
-from .._errors import InvalidRequest
+from .._errors import InvalidRequest, SourceError
 from .._plan import DownloadRequest, Plan, PlannedFile
 from ..transfer import partial_paths, public_url
-from ..transfer._http import MAX_REDIRECTS, REDIRECT_STATUSES, origin, permanent_status_error, strip_credentials
+from ..transfer._http import open_following_redirects, permanent_status_error
 from ._base import Provider
 
 MAX_NAME_BYTES = 200
@@ -29,7 +29,7 @@ class UrlProvider(Provider):
     option_names = frozenset({"dest", "filename"})
 
     def describe(self, request: DownloadRequest) -> str:
-        return public_url(request.model)
+        return f"{public_url(request.model)} from url"
 
     async def plan(self, request: DownloadRequest, context) -> Plan:
         url = _checked_url(request.model)
@@ -73,8 +73,10 @@ async def _peek(
     """
     client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
     try:
-        response, final = await _head_following_redirects(session, url, headers, client_timeout)
-    except (aiohttp.ClientError, TimeoutError, OSError):
+        response, final = await open_following_redirects(
+            session, url, headers, timeout=client_timeout, method="HEAD"
+        )
+    except (aiohttp.ClientError, TimeoutError, OSError, SourceError):  # the GET will say what is wrong
         return None, None
     response.release()
     if response.status in (401, 404, 410):
@@ -86,22 +88,6 @@ async def _peek(
     if response.headers.get("Content-Encoding", "identity") not in ("identity", ""):
         size = None
     return size, name
-
-
-async def _head_following_redirects(session, url, headers, timeout):
-
-    current = URL(url)
-    sent = dict(headers)
-    for _ in range(MAX_REDIRECTS + 1):
-        response = await session.head(current, headers=sent, allow_redirects=False, timeout=timeout)
-        if response.status not in REDIRECT_STATUSES or "Location" not in response.headers:
-            return response, current
-        response.release()
-        following = current.join(URL(response.headers["Location"]))
-        if origin(following) != origin(URL(url)):
-            sent = strip_credentials(sent)
-        current = following
-    return response, current
 
 
 def _disposition_name(header: str | None) -> str | None:

@@ -80,14 +80,18 @@ class _Retryable(Exception):
         self.stall = stall
 
 
+def existing_ancestor(path: Path) -> Path:
+    """`path`, or its nearest parent that exists (the folder a download will be created in)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_disk_space(directory: Path, needed: int) -> None:
     """NotEnoughSpace unless `directory`'s file system has `needed` bytes free."""
     if needed <= 0:
         return
-    probe = directory
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    free = shutil.disk_usage(existing_ancestor(directory)).free
     if free < needed:
         raise NotEnoughSpace(
             f"not enough disk space: need {format_bytes(needed)}, {format_bytes(free)} free in {directory}"
@@ -194,7 +198,7 @@ class _FileTransfer:
     async def _probe(self) -> aiohttp.ClientResponse | None:
         """First request: its headers decide the layout, its body is piece 0."""
         piece_size = self.options.piece_size
-        response = await self._request_with_retries(0, f"bytes=0-{piece_size - 1}", if_range=None)
+        response = await self._request_with_retries(f"bytes=0-{piece_size - 1}", if_range=None)
         etag = response.headers.get("ETag")
         last_modified = response.headers.get("Last-Modified")
         if response.status == 206:
@@ -540,7 +544,7 @@ class _FileTransfer:
         self.resolved = final
         return response
 
-    async def _request_with_retries(self, index: int, byte_range: str, if_range: str | None) -> aiohttp.ClientResponse:
+    async def _request_with_retries(self, byte_range: str, if_range: str | None) -> aiohttp.ClientResponse:
         failures = 0
         while True:
             try:

@@ -63,13 +63,14 @@ async def open_following_redirects(
     headers: Mapping[str, str],
     *,
     timeout: aiohttp.ClientTimeout,
+    method: str = "GET",
 ) -> tuple[aiohttp.ClientResponse, URL]:
-    """GET `url`, following redirects; credentials are dropped once the origin changes."""
+    """GET (or HEAD) `url`, following redirects; credentials are dropped once the origin changes."""
     current = URL(url)
     first_origin = origin(current)
     sent = dict(headers)
     for _ in range(MAX_REDIRECTS + 1):
-        response = await session.get(current, headers=sent, allow_redirects=False, timeout=timeout)
+        response = await session.request(method, current, headers=sent, allow_redirects=False, timeout=timeout)
         if response.status not in REDIRECT_STATUSES:
             return response, current
         location = response.headers.get("Location")
