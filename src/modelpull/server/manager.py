@@ -404,22 +404,24 @@ class DownloadManager:
         except UnsupportedModel as exc:
             raise bad_request(str(exc), "model_path", "invalid_model_format") from None
 
-    async def _create_waiting_engine(self, job: Job) -> None:
-        """The download finished: create the engine waiting for it (its failure leaves the job completed)."""
+    async def _create_waiting_engine(self, job: Job, local_path: str | None) -> str:
+        """The download finished: create the engine waiting for it; what to add to the job's message.
+
+        Its failure leaves the job completed.
+        """
         request = EngineRequest.from_creation_info(job.engine)  # type: ignore[arg-type]
         if self.engines.taken(request.engine_id):
             note = "not created: that id was taken meanwhile"
         else:
             try:
-                await self.engines.create(request, Path(job.local_path or ""), job.id)
+                await self.engines.create(request, Path(local_path or ""), job.id)
                 note = "created"
             except UnsupportedModel as exc:
                 note = f"not created: {exc}"
             except Exception as exc:  # an engine problem never turns a finished download into an error
                 log.exception("engine creation failed", extra={"engine_id": request.engine_id})
                 note = f"not created: {exc}"
-        job.message = f"{job.message}; engine '{request.engine_id}' {note}"
-        job.touch()
+        return f"engine '{request.engine_id}' {note}"
 
     # ------------------------------------------------------------------ control
 
@@ -620,10 +622,14 @@ class DownloadManager:
                     # Only a control cancels; a job still following here was not asked to stop.
                     job.apply(error_item(ModelPullError("The download was stopped", code="interrupted"),
                                          partial=final))
+                elif final.status is DownloadStatus.COMPLETE and job.engine is not None:
+                    # The engine first: nobody may see the job completed while its engine is missing.
+                    engine_note = await self._create_waiting_engine(job, final.local_path)
+                    job.apply(final)
+                    job.message = f"{job.message}; {engine_note}"
+                    job.touch()
                 else:
                     job.apply(final)
-                if job.status == J.COMPLETED and job.engine is not None:
-                    await self._create_waiting_engine(job)
                 self._finish(job)
         finally:
             if self._locks.get(transfer.lock_key) is transfer:
