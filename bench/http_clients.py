@@ -7,6 +7,12 @@ the way, with:
   ``iter_any()``, and ``iter_any()`` with the hashing and writing handed to one worker thread in
   ~1 MiB batches (overlaps on two cores);
 - httpx (async): ``resp.aiter_raw()`` and ``resp.aiter_bytes(1 MiB)``;
+- the standard library's blocking ``http.client`` in a thread, ``readinto`` a pool of 1 MiB
+  buffers and ``write`` each, with the sha256 on a second thread (``socket-pipe``, what the
+  engine's wire does), inline (``socket-inline``), or read back from the file by a thread that
+  follows the written prefix (``socket-follow``);
+- pycurl (libcurl), its write callback writing and queueing each chunk for a hasher thread
+  (only when ``pycurl`` is installed: ``pip install pycurl``; not a dependency of modelpull);
 - ``curl -o`` (no hash): the floor, what the disk and the loopback can do;
 - ``sha256 only``: hashing the (cached) file, no network: the cost the Python clients carry.
 
@@ -101,6 +107,142 @@ async def _httpx(url: str, out: Path, digest, iterate: str) -> None:
                     sink.write(chunk)
 
 
+def _socket_pipe(url: str, out: Path, digest, hash_in_thread: bool = True) -> None:
+    """Blocking http.client in this thread: readinto() a pool of 1 MiB buffers, write each,
+    and hand it to a hasher thread (hashlib releases the GIL) that gives it back when done."""
+    import http.client
+    import queue
+    import threading
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=60)
+    connection.request("GET", parts.path)
+    response = connection.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}")
+    free: queue.Queue = queue.Queue()
+    filled: queue.Queue = queue.Queue()
+    for _ in range(8):
+        free.put(bytearray(CHUNK))
+
+    def hasher() -> None:
+        while (item := filled.get()) is not None:
+            buffer, size = item
+            digest.update(memoryview(buffer)[:size])
+            free.put(buffer)
+
+    thread = threading.Thread(target=hasher)
+    thread.start()
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        while True:
+            buffer = free.get()
+            view = memoryview(buffer)
+            size = response.readinto(view)
+            if not size:
+                break
+            os.write(fd, view[:size])
+            if hash_in_thread:
+                filled.put((buffer, size))
+            else:
+                digest.update(view[:size])
+                free.put(buffer)
+    finally:
+        filled.put(None)
+        thread.join()
+        os.close(fd)
+        connection.close()
+
+
+def _socket_follow(url: str, out: Path, digest) -> None:
+    """As the engine: http.client readinto1 + pwrite in this thread; a hasher thread follows the
+    written prefix, reading it back from the page cache in 16 MiB blocks."""
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=60)
+    connection.request("GET", parts.path)
+    response = connection.getresponse()
+    total = int(response.headers["Content-Length"])
+    fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.ftruncate(fd, total)
+    cond = threading.Condition()
+    state = {"written": 0}
+
+    def hasher() -> None:
+        block = bytearray(16 * MiB)
+        view = memoryview(block)
+        hashed = 0
+        while hashed < total:
+            with cond:
+                while state["written"] <= hashed:
+                    cond.wait()
+                target = state["written"]
+            while hashed < target:
+                count = os.preadv(fd, [view[: min(len(block), target - hashed)]], hashed)
+                digest.update(view[:count])
+                hashed += count
+
+    thread = threading.Thread(target=hasher)
+    thread.start()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    offset = 0
+    fp = response.fp
+    while offset < total:
+        filled = 0
+        while filled < CHUNK and offset + filled < total:
+            count = fp.readinto1(view[filled : min(CHUNK, total - offset)])
+            if not count:
+                raise RuntimeError("short body")
+            filled += count
+        os.pwrite(fd, view[:filled], offset)
+        offset += filled
+        with cond:
+            state["written"] = offset
+            cond.notify()
+    thread.join()
+    os.close(fd)
+    connection.close()
+
+
+def _pycurl_pipe(url: str, out: Path, digest) -> None:
+    """libcurl (pycurl): its write callback writes each chunk and queues it for a hasher thread."""
+    import queue
+    import threading
+
+    import pycurl
+
+    filled: queue.Queue = queue.Queue(maxsize=64)
+
+    def hasher() -> None:
+        while (chunk := filled.get()) is not None:
+            digest.update(chunk)
+
+    thread = threading.Thread(target=hasher)
+    thread.start()
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+
+    def write(chunk: bytes) -> None:
+        os.write(fd, chunk)
+        filled.put(chunk)
+
+    curl = pycurl.Curl()
+    curl.setopt(pycurl.URL, url)
+    curl.setopt(pycurl.WRITEFUNCTION, write)
+    curl.setopt(pycurl.BUFFERSIZE, 512 * 1024)
+    try:
+        curl.perform()
+    finally:
+        curl.close()
+        filled.put(None)
+        thread.join()
+        os.close(fd)
+
+
 def _hash_only(path: Path, digest) -> None:
     with open(path, "rb") as source:
         while chunk := source.read(CHUNK):
@@ -122,6 +264,14 @@ def child(client: str, source: str, out: Path) -> None:
         asyncio.run(_aiohttp(source, out, digest, client.partition("-")[2]))
     elif client.startswith("httpx"):
         asyncio.run(_httpx(source, out, digest, client.partition("-")[2]))
+    elif client == "socket-pipe":
+        _socket_pipe(source, out, digest)
+    elif client == "socket-inline":
+        _socket_pipe(source, out, digest, hash_in_thread=False)
+    elif client == "socket-follow":
+        _socket_follow(source, out, digest)
+    elif client == "pycurl-pipe":
+        _pycurl_pipe(source, out, digest)
     else:
         raise SystemExit(f"unknown client {client}")
     wall = time.perf_counter() - started
@@ -140,6 +290,10 @@ CLIENTS = {
     "aiohttp-thread": "aiohttp iter_any(), hash+write thread",
     "httpx-raw": "httpx aiter_raw()",
     "httpx-bytes": "httpx aiter_bytes(1 MiB)",
+    "socket-pipe": "http.client readinto, hash thread",
+    "socket-inline": "http.client readinto, hash inline",
+    "socket-follow": "http.client readinto1, hasher follows file",
+    "pycurl-pipe": "pycurl, hash thread",
     "sha256-only": "sha256 only, no network",
 }
 
@@ -183,6 +337,12 @@ def main() -> None:
     unknown = set(clients) - set(CLIENTS)
     if unknown:
         parser.error(f"unknown clients: {', '.join(sorted(unknown))}")
+    try:
+        import pycurl  # noqa: F401
+    except ImportError:
+        if "pycurl-pipe" in clients:
+            print("pycurl is not installed: skipping it (pip install pycurl to include it)")
+            clients.remove("pycurl-pipe")
     _nginx.ensure_tools(("nginx", "curl"))
     with tempfile.TemporaryDirectory(prefix="modelpull-bench-", dir=args.workdir) as tmp:
         work = Path(tmp)
