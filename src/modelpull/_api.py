@@ -5,11 +5,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import aiohttp
 
 from ._errors import InvalidRequest, ModelPullError
 from ._plan import DownloadRequest, TransferOptions
@@ -18,7 +17,6 @@ from ._refs import parse_reference
 from ._run import DownloadControl, RunContext, error_item
 from ._settings import Settings
 from .providers import canonical_name, get_provider
-from .transfer import new_session
 
 log = logging.getLogger("modelpull")
 
@@ -46,7 +44,8 @@ async def download_model(
     """
     name = canonical_name(provider)  # ValueError for an unknown provider, before any item
     control: DownloadControl | None = options.pop("_control", None)
-    session: aiohttp.ClientSession | None = options.pop("_session", None)
+    session = options.pop("_session", None)  # the server's aiohttp session and wire (URL policy)
+    wire = options.pop("_wire", None)
     source = get_provider(name)
     last: DownloadProgress | None = None
     try:
@@ -58,10 +57,7 @@ async def download_model(
     # The provider names the download: a URL's query string (signed links, tokens) stays out.
     yield DownloadProgress(status=DownloadStatus.STARTING, message=f"Starting download of {_describe(source, request)}")
 
-    owns_session = session is None
-    if session is None:
-        session = new_session(limit_per_host=max(request.transfer.connections * 2, 8))
-    context = RunContext(session, request.transfer)
+    context = RunContext(request.transfer, wire=wire, session=session)
     stream = source.stream(request, context)
     next_item: asyncio.Task | None = None
     stop: asyncio.Task | None = asyncio.ensure_future(control.wait()) if control else None
@@ -96,12 +92,15 @@ async def download_model(
         )
     except ModelPullError as exc:
         yield error_item(exc, partial=last)
-    except (aiohttp.ClientError, OSError) as exc:
-        log.debug("download failed", exc_info=True)
-        yield error_item(ModelPullError(f"download failed: {exc}", code="transfer_failed"), partial=last)
-    except Exception as exc:  # a bug of ours: still an item, never an escaping exception
-        log.exception("internal error while downloading %s from %s", model, name)
-        error = ModelPullError(f"internal error: {exc.__class__.__name__}: {exc}; please report it", code="internal_error")
+    except Exception as exc:
+        if _is_network_error(exc):
+            log.debug("download failed", exc_info=True)
+            error = ModelPullError(f"download failed: {exc}", code="transfer_failed")
+        else:  # a bug of ours: still an item, never an escaping exception
+            log.exception("internal error while downloading %s from %s", model, name)
+            error = ModelPullError(
+                f"internal error: {exc.__class__.__name__}: {exc}; please report it", code="internal_error"
+            )
         yield error_item(error, partial=last)
     finally:
         if next_item is not None and not next_item.done():
@@ -111,8 +110,13 @@ async def download_model(
         if stop is not None:
             stop.cancel()
         await stream.aclose()
-        if owns_session:
-            await session.close()
+        await context.close()
+
+
+def _is_network_error(exc: Exception) -> bool:
+    """An OSError, or one of aiohttp's (checked only if a provider imported it)."""
+    aiohttp = sys.modules.get("aiohttp")
+    return isinstance(exc, OSError) or (aiohttp is not None and isinstance(exc, aiohttp.ClientError))
 
 
 def _describe(source: Any, request: DownloadRequest) -> str:

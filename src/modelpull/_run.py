@@ -7,17 +7,17 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from ._errors import ModelPullError
 from ._plan import DownloadRequest, Plan, PlannedFile, TransferOptions
 from ._progress import DownloadProgress, DownloadStatus
 from ._units import format_bytes
-from .transfer import FileProgress, check_disk_space, existing_ancestor, fetch_file, partial_bytes, remove_partial
+from .transfer import FileProgress, Wire, check_disk_space, existing_ancestor, fetch_file, partial_bytes, remove_partial
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from .providers import Provider
 
 TICK_SECONDS = 0.1  # progress items at most ten times a second
@@ -45,12 +45,51 @@ class DownloadControl:
 
 
 class RunContext:
-    """What a provider may use while planning and streaming: the HTTP session and options."""
+    """What a provider may use while planning and streaming: HTTP clients and options.
 
-    def __init__(self, session: aiohttp.ClientSession, transfer: TransferOptions) -> None:
-        self.session = session
+    `wire` carries file bodies (the transfer engine's blocking HTTP); `session` is an aiohttp
+    session for providers' small requests, made on first use (importing aiohttp is slow, and
+    a plain URL download never needs it). Either may be given (the server shares its own, with
+    its URL policy); what is made here is closed by `close()`.
+    """
+
+    def __init__(
+        self,
+        transfer: TransferOptions,
+        *,
+        wire: Wire | None = None,
+        session: "aiohttp.ClientSession | None" = None,
+    ) -> None:
         self.transfer = transfer
+        self._wire = wire
+        self._session = session
+        self._owned: list[Any] = []
         self.planned_files: list[PlannedFile] = []  # what a discarding cancel deletes
+
+    @property
+    def wire(self) -> Wire:
+        if self._wire is None:
+            limit = max(self.transfer.connections * 2, 8)
+            self._wire = Wire(connect_timeout=self.transfer.connect_timeout, limit_per_host=limit)
+            self._owned.append(self._wire)
+        return self._wire
+
+    @property
+    def session(self) -> "aiohttp.ClientSession":
+        if self._session is None:
+            from .transfer._aiohttp import new_session
+
+            limit = max(self.transfer.connections * 2, 8)
+            self._session = new_session(limit_per_host=limit, connect_timeout=self.transfer.connect_timeout)
+            self._owned.append(self._session)
+        return self._session
+
+    async def close(self) -> None:
+        for owned in self._owned:
+            result = owned.close()
+            if asyncio.iscoroutine(result):
+                await result
+        self._owned = []
 
     async def plan_and_execute(self, provider: "Provider", request: DownloadRequest) -> AsyncIterator[DownloadProgress]:
         plan = await provider.plan(request, self)
@@ -80,7 +119,7 @@ class RunContext:
 
         async def fetch(file: PlannedFile, tracker: FileProgress) -> None:
             async with semaphore:
-                await fetch_file(file, self.session, self.transfer, tracker)
+                await fetch_file(file, self.wire, self.transfer, tracker)
 
         tasks = [
             asyncio.create_task(fetch(f, t), name=f"modelpull:{f.name}")

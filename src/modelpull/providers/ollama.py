@@ -36,7 +36,8 @@ from .._plan import DownloadRequest, Plan, PlannedFile
 from .._progress import DownloadProgress, DownloadStatus
 from .._units import format_bytes
 from ..transfer import public_url
-from ..transfer._http import RETRYABLE_STATUSES, open_following_redirects
+from ..transfer._aiohttp import open_following_redirects
+from ..transfer._http import RETRYABLE_STATUSES
 from ._base import Provider
 
 if TYPE_CHECKING:

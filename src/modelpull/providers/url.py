@@ -1,7 +1,9 @@
 """Plain http(s) URLs: one file, named from Content-Disposition or the URL path."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import http.client
 import json
 import os
 import unicodedata
@@ -9,13 +11,12 @@ from email.message import Message
 from pathlib import Path
 from urllib.parse import unquote
 
-import aiohttp
 from yarl import URL
 
 from .._errors import InvalidRequest, SourceError
 from .._plan import DownloadRequest, Plan, PlannedFile
-from ..transfer import partial_paths, public_url
-from ..transfer._http import open_following_redirects, permanent_status_error
+from ..transfer import Wire, partial_paths, public_url
+from ..transfer._http import permanent_status_error, wire_following_redirects
 from ._base import Provider
 
 MAX_NAME_BYTES = 200
@@ -35,7 +36,7 @@ class UrlProvider(Provider):
         url = _checked_url(request.model)
         headers = {"Authorization": f"Bearer {request.token}"} if request.token else {}
         directory = Path(request.options.get("dest") or request.models_dir).expanduser()
-        size, disposition_name = await _peek(context.session, url, headers, context.transfer.connect_timeout)
+        size, disposition_name = await asyncio.to_thread(_peek, context.wire, url, headers, context.transfer.connect_timeout)
         forced = request.options.get("filename")
         name = sanitize_filename(forced) if forced else (disposition_name or suggest_filename(url))
         sources = _SourceBook(directory)
@@ -63,24 +64,19 @@ def _checked_url(text: str) -> str:
     return str(url)
 
 
-async def _peek(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str], timeout: float
-) -> tuple[int | None, str | None]:
+def _peek(wire: Wire, url: str, headers: dict[str, str], timeout: float) -> tuple[int | None, str | None]:
     """Size and Content-Disposition name from a HEAD, when the server answers one usefully.
 
     A source that refuses HEAD (signed GET-only links) is left to the transfer, which finds
-    out everything from its first GET; only a clear 401/404/410 stops here.
+    out everything from its first GET; only a clear 401/404/410 stops here. Runs in a thread.
     """
-    client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
     try:
-        response, final = await open_following_redirects(
-            session, url, headers, timeout=client_timeout, method="HEAD"
-        )
-    except (aiohttp.ClientError, TimeoutError, OSError, SourceError):  # the GET will say what is wrong
+        response = wire_following_redirects(wire, url, headers, read_timeout=timeout, method="HEAD")
+    except (OSError, http.client.HTTPException, SourceError):  # the GET will say what is wrong
         return None, None
     response.release()
     if response.status in (401, 404, 410):
-        raise permanent_status_error(response.status, final)
+        raise permanent_status_error(response.status, response.url)
     if response.status != 200:
         return None, None
     name = _disposition_name(response.headers.get("Content-Disposition"))

@@ -41,13 +41,14 @@ from .._run import DownloadControl, error_item
 from .._settings import Settings
 from ..providers import canonical_name, get_provider
 from ..providers.url import is_downloaded_from, suggest_filename
-from ..transfer import partial_paths, remove_partial
+from ..transfer import Wire, partial_paths, remove_partial
+from ..transfer._http import USER_AGENT
 from . import jobs as J
 from .engines import EngineRegistry, EngineRequest, UnsupportedModel
 from .errors import ApiError, bad_request, not_found
 from .jobs import Job, now_ms
 from .logs import SECRETS
-from .security import PolicyResolver, UrlRefused, check_url, policy_trace, resolve_inside, valid_id
+from .security import PolicyResolver, UrlRefused, address_check, check_url, policy_trace, resolve_inside, valid_id
 from .store import JobStore
 
 log = logging.getLogger("modelpull.server")
@@ -125,6 +126,7 @@ class DownloadManager:
         self._subscribers: set[Subscriber] = set()  # /events
         self._seq = 0
         self._session: aiohttp.ClientSession | None = None
+        self._wire: Wire | None = None
         # One thread writes to the store, in submission order.
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelpull-store")
         self._background: list[asyncio.Task] = []
@@ -140,6 +142,11 @@ class DownloadManager:
     async def start(self) -> None:
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self._session = self._new_session()
+        allowed = _configured_hosts()
+        self._wire = Wire(
+            limit_per_host=self.settings.max_connections_per_host,
+            check=address_check(self.settings.allow_private_urls, allowed),
+        )
         for record in self.store.load_jobs():
             try:
                 job = Job.from_record(record)
@@ -180,6 +187,8 @@ class DownloadManager:
                 subscriber.close()
         if self._session is not None:
             await self._session.close()
+        if self._wire is not None:
+            self._wire.close()
 
     def _new_session(self) -> aiohttp.ClientSession:
         allowed = _configured_hosts()
@@ -192,7 +201,7 @@ class DownloadManager:
             trust_env=True,
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
-            headers={"User-Agent": "modelpull/0.1", "Accept-Encoding": "identity"},
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             trace_configs=[policy_trace(self.settings.allow_private_urls, allowed)],
         )
 
@@ -562,7 +571,8 @@ class DownloadManager:
         try:
             stream = _api.download_model(
                 leader.provider, leader.model, token=leader.token, base_url=leader.base_url,
-                models_dir=str(self.models_dir), _control=transfer.control, _session=self._session, **options,
+                models_dir=str(self.models_dir), _control=transfer.control, _session=self._session, _wire=self._wire,
+                **options,
             )
             async with contextlib.aclosing(stream) as items:
                 async for item in items:

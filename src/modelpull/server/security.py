@@ -134,6 +134,19 @@ async def _resolve_all(host: str, port: int) -> list[ipaddress.IPv4Address | ipa
     return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
 
 
+def address_check(allow_private: bool, always_allowed: Iterable[tuple[str, int]] = ()):
+    """The policy as the transfer wire asks it: (host, port, address) -> why not, or None."""
+    allowed = {(h.lower(), p) for h, p in always_allowed}
+
+    def check(host: str, port: int, address: str) -> str | None:
+        if host.lower().rstrip(".") in _METADATA_HOSTS:
+            return "it is a cloud metadata service"
+        permitted = allow_private or (host.lower(), port) in allowed
+        return address_refusal(ipaddress.ip_address(address.split("%")[0]), permitted)
+
+    return check
+
+
 class PolicyResolver(AbstractResolver):
     """aiohttp resolver that drops addresses the URL policy refuses (redirects, DNS rebinding).
 
@@ -143,17 +156,15 @@ class PolicyResolver(AbstractResolver):
 
     def __init__(self, allow_private: bool, always_allowed: Iterable[tuple[str, int]] = ()) -> None:
         self._inner = DefaultResolver()
-        self._allow_private = allow_private
-        self._always_allowed = {(h.lower(), p) for h, p in always_allowed}
+        self._check = address_check(allow_private, always_allowed)
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         check_host_name(host)
         results = await self._inner.resolve(host, port, family)
-        allow_private = self._allow_private or (host.lower(), port) in self._always_allowed
         kept = []
         reasons = []
         for result in results:
-            reason = address_refusal(ipaddress.ip_address(result["host"].split("%")[0]), allow_private)
+            reason = self._check(host, port, result["host"])
             if reason:
                 reasons.append(reason)
             else:
@@ -172,7 +183,7 @@ class AddressRefused(aiohttp.ClientConnectionError):
 
 def policy_trace(allow_private: bool, always_allowed: Iterable[tuple[str, int]] = ()) -> aiohttp.TraceConfig:
     """Checks every request's URL before it is sent: IP literals never reach the resolver."""
-    allowed = {(h.lower(), p) for h, p in always_allowed}
+    check = address_check(allow_private, always_allowed)
 
     async def on_request_start(session, context, params) -> None:
         host = (params.url.host or "").strip("[]")
@@ -182,10 +193,10 @@ def policy_trace(allow_private: bool, always_allowed: Iterable[tuple[str, int]] 
         except UrlRefused as exc:
             raise AddressRefused(str(exc)) from None
         try:
-            address = ipaddress.ip_address(host.split("%")[0])
+            ipaddress.ip_address(host.split("%")[0])
         except ValueError:
             return  # a name: PolicyResolver checks what it resolves to
-        reason = address_refusal(address, allow_private or (host.lower(), port) in allowed)
+        reason = check(host, port, host)
         if reason:
             raise AddressRefused(f"Refusing to connect to {host}: {reason}")
 

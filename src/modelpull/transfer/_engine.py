@@ -15,14 +15,18 @@ it is discarded and the download restarts from zero, never appended to.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
+import http.client
 import os
+import queue
 import random
 import shutil
+import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
-import aiohttp
 from yarl import URL
 
 from .._errors import (
@@ -34,6 +38,7 @@ from .._errors import (
     RateLimited,
     ServerError,
     SizeMismatch,
+    SourceError,
     TransferError,
 )
 from .._plan import PlannedFile, TransferOptions
@@ -41,24 +46,29 @@ from .._units import format_bytes
 from ._hasher import FollowingHasher
 from ._http import (
     RETRYABLE_STATUSES,
-    open_following_redirects,
     origin,
     permanent_status_error,
     public_url,
     retry_after_seconds,
     strip_credentials,
+    wire_following_redirects,
 )
 from ._progress import FileProgress
 from ._state import Layout, PieceState, partial_paths, remove_partial
+from ._wire import Aborted, AbortSignal, AddressRefused, Wire, WireResponse
 
 WRITE_CHUNK = 1024 * 1024  # bytes buffered before a pwrite (and a counter update)
 WRITE_INTERVAL = 0.5  # seconds: on a slow link, write (and record) at least this often
 MAX_RETRY_AFTER = 300.0
 RAMP_WINDOW = 0.3  # seconds of one connection, then of all, before deciding how many to keep
 RAMP_SETTLE = 0.1
+RAMP_PAIR_GAIN = 1.5  # two connections must be this much faster than one to try them all
 RAMP_GAIN = 1.2  # more connections stay only if they are at least this much faster
 FLUSH_EVERY = 64 * 1024 * 1024  # written bytes between background fdatasync calls
-_IOV_MAX = 512
+
+# The threads that move bytes (socket -> file). Created on demand; a server with several jobs of
+# many connections each needs more than the default executor's handful.
+_IO_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="modelpull-io")
 
 
 class _RestartFromZero(Exception):
@@ -98,12 +108,7 @@ def check_disk_space(directory: Path, needed: int) -> None:
         )
 
 
-async def fetch_file(
-    file: PlannedFile,
-    session: aiohttp.ClientSession,
-    options: TransferOptions,
-    progress: FileProgress,
-) -> None:
+async def fetch_file(file: PlannedFile, wire: Wire, options: TransferOptions, progress: FileProgress) -> None:
     """Bring `file` to `file.dest`, complete and verified, or raise ModelPullError."""
     if file.present:
         progress.mark_present(file.size)
@@ -112,7 +117,7 @@ async def fetch_file(
     restarts = 0
     while True:
         try:
-            await _FileTransfer(file, session, options, progress).run()
+            await _FileTransfer(file, wire, options, progress).run()
             return
         except _RestartFromZero as restart:
             restarts += 1
@@ -129,21 +134,13 @@ async def fetch_file(
 
 
 class _FileTransfer:
-    def __init__(
-        self,
-        file: PlannedFile,
-        session: aiohttp.ClientSession,
-        options: TransferOptions,
-        progress: FileProgress,
-    ) -> None:
+    def __init__(self, file: PlannedFile, wire: Wire, options: TransferOptions, progress: FileProgress) -> None:
         self.file = file
-        self.session = session
+        self.wire = wire
         self.options = options
         self.progress = progress
         self.part_path, self.state_path = partial_paths(file.dest)
-        self.timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=options.connect_timeout, sock_read=options.stall_timeout
-        )
+        self.signal = AbortSignal()  # stops this transfer's threads when it is cancelled
         self.url = URL(file.url)
         self._expected_size = file.size if file.exact_size else None
         self.resolved: URL | None = None  # where redirects led; reused by every piece
@@ -151,13 +148,14 @@ class _FileTransfer:
         self.fd = -1
         self.hasher: FollowingHasher | None = None
         self._contiguous = 0  # first piece not yet complete: the hashing watermark's piece
+        self._lock = threading.Lock()  # the fields below are shared by the streaming threads
         self._unflushed = 0
-        self._flushing: asyncio.Future | None = None
+        self._flushing: concurrent.futures.Future | None = None
 
     # -- the life cycle -------------------------------------------------------------------
 
     async def run(self) -> None:
-        probe: aiohttp.ClientResponse | None = None
+        probe: WireResponse | None = None
         try:
             self.state = self._load_state()
             if self.state is None:
@@ -170,9 +168,13 @@ class _FileTransfer:
             await self._verify_and_commit()
         finally:
             if probe is not None:
-                probe.release()
+                probe.close()
+            # A failed or cancelled transfer may still have threads writing: stop them, and
+            # wait until none is inside the file before closing it.
+            self.signal.abort()
+            await asyncio.shield(asyncio.get_running_loop().run_in_executor(_IO_THREADS, self.signal.wait_idle))
             if self._flushing is not None:
-                await asyncio.shield(self._flushing)
+                await asyncio.shield(asyncio.wrap_future(self._flushing))
             if self.hasher is not None:
                 self.hasher.stop()
             if self.fd >= 0:
@@ -195,7 +197,7 @@ class _FileTransfer:
             return None
         return state
 
-    async def _probe(self) -> aiohttp.ClientResponse | None:
+    async def _probe(self) -> WireResponse | None:
         """First request: its headers decide the layout, its body is piece 0."""
         piece_size = self.options.piece_size
         response = await self._request_with_retries(f"bytes=0-{piece_size - 1}", if_range=None)
@@ -204,14 +206,14 @@ class _FileTransfer:
         if response.status == 206:
             start, _, total = _content_range(response)
             if start != 0 or total is None:
-                response.release()
+                response.close()
                 raise TransferError(
                     f"the server sent a malformed Content-Range for {public_url(self.url)}", code="bad_response"
                 )
             layout = Layout(total=total, piece_size=piece_size, etag=etag, last_modified=last_modified)
         elif response.status == 416:
             total = _unsatisfied_total(response)
-            response.release()
+            response.close()
             if total != 0:
                 raise TransferError(
                     f"the server refused the first byte range of {public_url(self.url)} (HTTP 416)",
@@ -226,7 +228,7 @@ class _FileTransfer:
             )
         if self._expected_size is not None and layout.total is not None and layout.total != self._expected_size:
             if response is not None:
-                response.release()
+                response.close()
             raise SizeMismatch(
                 f"{self.file.name}: the server has {layout.total} bytes, expected {self._expected_size}"
             )
@@ -258,13 +260,13 @@ class _FileTransfer:
             )
             self._advance_watermark()
 
-    async def _fetch_pieces(self, probe: aiohttp.ClientResponse | None) -> None:
+    async def _fetch_pieces(self, probe: WireResponse | None) -> None:
         assert self.state is not None
         layout = self.state.layout
         pending = [i for i in range(layout.piece_count) if not self._piece_complete(i)]
         if not pending:
             if probe is not None:
-                probe.release()
+                probe.close()
             return
         total = layout.total or 0
         parallel = layout.ranged and total >= self.options.multipart_threshold
@@ -274,7 +276,7 @@ class _FileTransfer:
         self._running = 0
         first_response = probe if (probe is not None and pending[0] == 0) else None
         if probe is not None and first_response is None:
-            probe.release()
+            probe.close()
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._worker(first_response))
@@ -289,26 +291,31 @@ class _FileTransfer:
         Against a server that caps each connection (a CDN, `limit_rate`), `most` connections
         are `most` times faster. On a link one connection already fills (loopback, a LAN), the
         extra connections only cost CPU: measured on 2 cores, 8 connections from a local nginx
-        took 2.7x curl's time, one took 1.4x. So: one connection for RAMP_WINDOW, then all of
-        them for RAMP_WINDOW; if that did not raise the rate by RAMP_GAIN, back to one.
+        took 2.7x curl's time, one took 1.4x. So: one connection for RAMP_WINDOW, then two; only
+        if two are clearly faster (RAMP_PAIR_GAIN) all of them, kept if faster than one by
+        RAMP_GAIN. A link that one connection fills pays for one extra connection, briefly.
         """
         single = await self._rate_over(RAMP_WINDOW)
-        if not self._pending:
-            return
-        self._allowed = most
-        for _ in range(most - self._running):
-            group.create_task(self._worker(None))
-        await asyncio.sleep(RAMP_SETTLE)  # new connections' handshakes are not their speed
-        several = await self._rate_over(RAMP_WINDOW)
-        if several < single * RAMP_GAIN:
-            self._allowed = 1  # the extra workers stop after their current piece
+        for count, gain in ((2, RAMP_PAIR_GAIN), (most, RAMP_GAIN)):
+            if not self._pending:
+                return
+            self._allowed = count
+            for _ in range(count - self._running):
+                group.create_task(self._worker(None))
+            await asyncio.sleep(RAMP_SETTLE)  # new connections' handshakes are not their speed
+            rate = await self._rate_over(RAMP_WINDOW)
+            if rate < single * gain:
+                self._allowed = 1  # the extra workers stop after their current piece
+                return
+            if count >= most:
+                return
 
     async def _rate_over(self, seconds: float) -> float:
         before = self.progress.done
         await asyncio.sleep(seconds)
         return (self.progress.done - before) / seconds
 
-    async def _worker(self, response: aiohttp.ClientResponse | None) -> None:
+    async def _worker(self, response: WireResponse | None) -> None:
         self._running += 1
         try:
             while self._pending and self._running <= self._allowed:
@@ -318,7 +325,7 @@ class _FileTransfer:
         finally:
             self._running -= 1
             if response is not None:
-                response.release()
+                response.close()
 
     async def _verify_and_commit(self) -> None:
         assert self.state is not None
@@ -363,7 +370,7 @@ class _FileTransfer:
         start, end = self.state.layout.piece_bounds(index)
         return end is not None and self.state.done[index] >= end - start
 
-    async def _fetch_piece(self, index: int, response: aiohttp.ClientResponse | None) -> None:
+    async def _fetch_piece(self, index: int, response: WireResponse | None) -> None:
         """Bring one piece to disk, reconnecting where it stopped until it is whole."""
         assert self.state is not None
         start, end = self.state.layout.piece_bounds(index)
@@ -379,8 +386,8 @@ class _FileTransfer:
                     response = await self._request(byte_range, if_range=self.state.layout.validator)
                 self._accept(response, offset)
                 try:
-                    await self._stream_into_piece(response, index, start, end)
-                except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+                    await self._in_thread(self._stream_into_piece, response, index, start, end)
+                except (OSError, http.client.HTTPException) as exc:
                     raise self._retryable_from(exc) from None
                 if end is None:  # size unknown: the stream's end is the file's end
                     return
@@ -407,7 +414,18 @@ class _FileTransfer:
                     response.release()
                     response = None
 
-    def _accept(self, response: aiohttp.ClientResponse, offset: int) -> None:
+    async def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking wire work in an I/O thread; a cancel shuts this transfer's sockets."""
+        future = asyncio.get_running_loop().run_in_executor(_IO_THREADS, function, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self.signal.abort()
+            # Whatever the thread ends with is of no interest any more; do not log it.
+            future.add_done_callback(lambda done: done.cancelled() or done.exception())
+            raise
+
+    def _accept(self, response: WireResponse, offset: int) -> None:
         """Check that `response` carries this file's bytes from `offset`, or decide what to do."""
         assert self.state is not None
         layout = self.state.layout
@@ -430,80 +448,81 @@ class _FileTransfer:
             raise _RestartFromZero("the server no longer has the range asked for (HTTP 416), the partial data is stale")
         raise self._status_failure(response)
 
-    async def _stream_into_piece(
-        self, response: aiohttp.ClientResponse, index: int, piece_start: int, piece_end: int | None
-    ) -> None:
-        """Read the body into the piece: buffered up to WRITE_CHUNK or WRITE_INTERVAL, then written."""
+    def _stream_into_piece(self, response: WireResponse, index: int, piece_start: int, piece_end: int | None) -> None:
+        """In an I/O thread: read the body into the piece, written each WRITE_CHUNK or WRITE_INTERVAL."""
         assert self.state is not None
-        chunks: list[bytes] = []
-        buffered = 0
         written = self.state.done[index]
         limit = None if piece_end is None else piece_end - piece_start
-        reader = response.content
-        last_write = time.monotonic()
-        while True:
-            try:
-                chunk = await reader.readany()
-            except BaseException:
-                # What arrived before the drop (or the cancel) is good data: keep it.
-                if chunks:
-                    self._write(index, piece_start, written, chunks, buffered)
-                raise
-            if not chunk:
-                break
-            if limit is not None and written + buffered + len(chunk) > limit:
-                if self.state.layout.piece_count == 1:
-                    raise SizeMismatch(f"{self.file.name}: the server sent more than {limit} bytes")
-                chunk = chunk[: limit - written - buffered]
-            chunks.append(chunk)
-            buffered += len(chunk)
-            self.progress.add(len(chunk))
-            now = time.monotonic()
-            if (
-                buffered >= WRITE_CHUNK
-                or now - last_write >= WRITE_INTERVAL
-                or (limit is not None and written + buffered >= limit)
-            ):
-                written = self._write(index, piece_start, written, chunks, buffered)
-                chunks, buffered, last_write = [], 0, now
-                if limit is not None and written >= limit:
-                    break
-        if chunks:
-            self._write(index, piece_start, written, chunks, buffered)
-
-    def _write(self, index: int, piece_start: int, written: int, chunks: list[bytes], count: int) -> int:
-        """Write buffered chunks at their offset (one syscall, no copy), then move the counter."""
-        assert self.state is not None
+        buffers = _Buffers(WRITE_CHUNK if limit is None else max(1, min(WRITE_CHUNK, limit - written)), self.signal)
+        self.signal.enter_stream()
         try:
-            offset = piece_start + written
-            for start in range(0, len(chunks), _IOV_MAX):
-                group = chunks[start : start + _IOV_MAX]
-                size = sum(map(len, group))
-                sent = os.pwritev(self.fd, group, offset)
-                if sent != size:  # a short write (disk filling up): the rest, or the real error
-                    rest = b"".join(group)[sent:]
-                    while rest:
-                        count_now = os.pwrite(self.fd, rest, offset + sent)
-                        if count_now == 0:
-                            raise OSError(errno.ENOSPC, "no space left on device")
-                        sent += count_now
-                        rest = rest[count_now:]
-                offset += size
+            ended = False
+            while not ended and (limit is None or written < limit):
+                buffer = buffers.take()
+                room = len(buffer) if limit is None else min(len(buffer), limit - written)
+                filled = 0
+                last_write = time.monotonic()
+                try:
+                    while filled < room:
+                        count = response.readinto1(buffer[filled:room])
+                        if not count:
+                            ended = True
+                            break
+                        filled += count
+                        self.progress.add(count)
+                        if time.monotonic() - last_write >= WRITE_INTERVAL:
+                            break
+                finally:
+                    # What arrived before a drop (or a cancel) is good data: keep it.
+                    if filled:
+                        written = self._write(index, piece_start, written, buffer[:filled], buffers.giver(buffer))
+                    else:
+                        buffers.give_back(buffer)
+            if limit is not None and written >= limit and not response.finished and self.state.layout.piece_count == 1:
+                raise SizeMismatch(f"{self.file.name}: the server sent more than {limit} bytes")
+        finally:
+            self.signal.leave_stream()
+
+    def _write(
+        self, index: int, piece_start: int, written: int, data: memoryview, give_back: Callable[[], None]
+    ) -> int:
+        """Write `data` at its offset in the piece, then move the piece's counter (I/O thread).
+
+        `give_back()` returns the buffer for reuse: now, or once the hasher has read it.
+        """
+        assert self.state is not None
+        size = len(data)
+        offset = piece_start + written
+        try:
+            rest = data
+            while rest:
+                count = os.pwrite(self.fd, rest, offset)
+                if count == 0:  # a short write that made no progress: the disk is full
+                    raise OSError(errno.ENOSPC, "no space left on device")
+                rest = rest[count:]
+                offset += count
         except OSError as exc:
+            give_back()
+            self.state.record(index, offset - piece_start)
             raise self._disk_error(exc) from exc
-        written += count
-        self._unflushed += count
-        if self._unflushed >= FLUSH_EVERY and (self._flushing is None or self._flushing.done()):
-            # Write back while downloading, on another thread, so the fsync before the
-            # rename has little left to do.
-            self._unflushed = 0
-            self._flushing = asyncio.get_running_loop().run_in_executor(None, os.fdatasync, self.fd)
-        self.state.record(index, written)
-        if self.hasher is not None and index == self._contiguous:
-            self._advance_watermark()
-        return written
+        self.state.record(index, written + size)
+        with self._lock:
+            self._unflushed += size
+            if self._unflushed >= FLUSH_EVERY and (self._flushing is None or self._flushing.done()):
+                # Write back while downloading, on another thread, so the fsync before the
+                # rename has little left to do.
+                self._unflushed = 0
+                self._flushing = _IO_THREADS.submit(os.fdatasync, self.fd)
+            if self.hasher is not None and index == self._contiguous:
+                # These bytes start at the watermark: the hasher takes them from memory.
+                self.hasher.offer(piece_start + written, data, give_back)
+                self._advance_watermark()
+                return written + size
+        give_back()
+        return written + size
 
     def _advance_watermark(self) -> None:
+        """Tell the hasher how far the file is complete from its start (holding self._lock)."""
         assert self.state is not None and self.hasher is not None
         layout = self.state.layout
         while self._contiguous < layout.piece_count and self._piece_complete(self._contiguous):
@@ -524,7 +543,7 @@ class _FileTransfer:
 
     # -- requests ---------------------------------------------------------------------------
 
-    async def _request(self, byte_range: str, if_range: str | None) -> aiohttp.ClientResponse:
+    async def _request(self, byte_range: str, if_range: str | None) -> WireResponse:
         headers = dict(self.file.headers)
         headers["Range"] = byte_range
         if if_range:
@@ -533,18 +552,25 @@ class _FileTransfer:
         if self.resolved is not None and origin(self.resolved) != origin(self.url):
             headers = strip_credentials(headers)
         try:
-            response, final = await open_following_redirects(self.session, str(target), headers, timeout=self.timeout)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+            response = await self._in_thread(self._open, str(target), headers)
+        except AddressRefused as exc:
+            raise SourceError(str(exc), code="url_not_allowed") from None
+        except (OSError, http.client.HTTPException) as exc:
             raise self._retryable_from(exc) from None
         if self.resolved is not None and response.status in (401, 403, 404, 410) and target != self.url:
             # A signed CDN link may have expired: ask the origin again once.
             response.release()
             self.resolved = None
             return await self._request(byte_range, if_range)
-        self.resolved = final
+        self.resolved = URL(response.url)
         return response
 
-    async def _request_with_retries(self, byte_range: str, if_range: str | None) -> aiohttp.ClientResponse:
+    def _open(self, url: str, headers: dict[str, str]) -> WireResponse:
+        return wire_following_redirects(
+            self.wire, url, headers, read_timeout=self.options.stall_timeout, signal=self.signal
+        )
+
+    async def _request_with_retries(self, byte_range: str, if_range: str | None) -> WireResponse:
         failures = 0
         while True:
             try:
@@ -558,7 +584,7 @@ class _FileTransfer:
                     raise retry.error from None
                 await self._back_off(retry, failures)
 
-    def _status_failure(self, response: aiohttp.ClientResponse) -> Exception:
+    def _status_failure(self, response: WireResponse) -> Exception:
         status = response.status
         where = public_url(response.url)
         response.release()
@@ -578,13 +604,13 @@ class _FileTransfer:
         return permanent_status_error(status, where, response.reason or "")
 
     def _retryable_from(self, exc: BaseException) -> _Retryable:
-        stall = isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError))
+        stall = isinstance(exc, TimeoutError)
         host = URL(public_url(self.resolved or self.url)).host
         if stall:
             reason = f"no data from {host} for {self.options.stall_timeout:g} s"
             error: ModelPullError = ConnectionFailed(f"{reason}, after {self.options.max_retries} retries")
         else:
-            detail = str(exc) or exc.__class__.__name__
+            detail = _describe_failure(exc)
             reason = f"connection to {host} failed ({detail})"
             error = ConnectionFailed(
                 f"cannot download from {host}: {detail} (after {self.options.max_retries} retries); "
@@ -616,7 +642,51 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _content_range(response: aiohttp.ClientResponse) -> tuple[int, int, int | None]:
+class _Buffers:
+    """A stream's few reusable buffers: one being filled, others waiting for the hasher."""
+
+    COUNT = 4
+
+    def __init__(self, size: int, signal: AbortSignal) -> None:
+        self._size = size
+        self._signal = signal
+        self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        self._made = 0
+
+    def take(self) -> memoryview:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            pass
+        if self._made < self.COUNT:
+            self._made += 1
+            return memoryview(bytearray(self._size))
+        while True:  # all with the hasher: wait for one (the hasher is the bottleneck)
+            try:
+                return self._free.get(timeout=0.5)
+            except queue.Empty:
+                if self._signal.aborted:
+                    raise Aborted("the transfer was cancelled") from None
+
+    def give_back(self, buffer: memoryview) -> None:
+        self._free.put(buffer)
+
+    def giver(self, buffer: memoryview) -> Callable[[], None]:
+        return lambda: self._free.put(buffer)
+
+
+def _describe_failure(exc: BaseException) -> str:
+    """A short reason for a failed connection ("connection refused", "the server closed it")."""
+    if isinstance(exc, http.client.IncompleteRead):
+        return "the server closed the connection mid-body"
+    if isinstance(exc, (http.client.RemoteDisconnected, http.client.BadStatusLine)):
+        return "the server closed the connection without answering"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or exc.__class__.__name__
+
+
+def _content_range(response: WireResponse) -> tuple[int, int, int | None]:
     """(start, end inclusive, total or None) from `Content-Range: bytes a-b/N`."""
     raw = response.headers.get("Content-Range", "")
     try:
@@ -630,7 +700,7 @@ def _content_range(response: aiohttp.ClientResponse) -> tuple[int, int, int | No
         return -1, -1, None
 
 
-def _unsatisfied_total(response: aiohttp.ClientResponse) -> int | None:
+def _unsatisfied_total(response: WireResponse) -> int | None:
     raw = response.headers.get("Content-Range", "")
     if raw.startswith("bytes */"):
         try:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import email.utils
 import time
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import aiohttp
 from yarl import URL
 
 from .._errors import (
@@ -21,11 +20,14 @@ from .._errors import (
     SourceError,
 )
 
+if TYPE_CHECKING:
+    from ._wire import AbortSignal, Wire, WireResponse
+
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 RETRYABLE_STATUSES = {408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524}
 _CREDENTIAL_HEADERS = {"authorization", "cookie", "proxy-authorization"}
 MAX_REDIRECTS = 10
-READ_BUFFER = 1024 * 1024
+USER_AGENT = "modelpull/0.1"
 
 
 def public_url(url: str | URL) -> str:
@@ -42,47 +44,45 @@ def strip_credentials(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
 
 
-def new_session(*, limit_per_host: int = 0, connect_timeout: float = 30.0) -> aiohttp.ClientSession:
-    """The session modelpull uses: proxies from the environment, bytes exactly as sent."""
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=limit_per_host, ttl_dns_cache=300)
-    return aiohttp.ClientSession(
-        connector=connector,
-        trust_env=True,  # HTTP(S)_PROXY, NO_PROXY, ~/.netrc
-        auto_decompress=False,  # sizes and digests are of the bytes on the wire
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
-        # aiohttp pauses the socket when its buffer passes twice this; 64 KiB (the default)
-        # makes it stop and start thousands of times a second on a fast link.
-        read_bufsize=READ_BUFFER,
-        headers={"User-Agent": "modelpull/0.1", "Accept-Encoding": "identity"},
-    )
+def next_hop(current: URL, location: str | None, first_origin: tuple, sent: dict[str, str]) -> tuple[URL, dict[str, str]]:
+    """Where a redirect leads, and the headers to send there (no credentials to another origin)."""
+    if not location:
+        raise SourceError(f"redirect without a Location from {public_url(current)}", code="bad_redirect")
+    target = current.join(URL(location))
+    if target.scheme not in ("http", "https"):
+        raise SourceError(f"refusing to follow a redirect to {target.scheme}:", code="bad_redirect")
+    if origin(target) != first_origin:
+        sent = strip_credentials(sent)
+    return target, sent
 
 
-async def open_following_redirects(
-    session: aiohttp.ClientSession,
+def too_many_redirects(url: str) -> SourceError:
+    return SourceError(f"too many redirects from {public_url(url)}", code="too_many_redirects")
+
+
+def wire_following_redirects(
+    wire: "Wire",
     url: str,
     headers: Mapping[str, str],
     *,
-    timeout: aiohttp.ClientTimeout,
+    read_timeout: float,
+    signal: "AbortSignal | None" = None,
     method: str = "GET",
-) -> tuple[aiohttp.ClientResponse, URL]:
-    """GET (or HEAD) `url`, following redirects; credentials are dropped once the origin changes."""
+) -> "WireResponse":
+    """As open_following_redirects, on the blocking wire (call it in a worker thread)."""
     current = URL(url)
     first_origin = origin(current)
     sent = dict(headers)
     for _ in range(MAX_REDIRECTS + 1):
-        response = await session.request(method, current, headers=sent, allow_redirects=False, timeout=timeout)
+        response = wire.request(method, str(current), sent, read_timeout=read_timeout, signal=signal)
         if response.status not in REDIRECT_STATUSES:
-            return response, current
+            response.url = str(current)
+            return response
         location = response.headers.get("Location")
+        response.drain()
         response.release()
-        if not location:
-            raise SourceError(f"redirect without a Location from {public_url(current)}", code="bad_redirect")
-        current = current.join(URL(location))
-        if current.scheme not in ("http", "https"):
-            raise SourceError(f"refusing to follow a redirect to {current.scheme}:", code="bad_redirect")
-        if origin(current) != first_origin:
-            sent = strip_credentials(sent)
-    raise SourceError(f"too many redirects from {public_url(url)}", code="too_many_redirects")
+        current, sent = next_hop(current, location, first_origin, sent)
+    raise too_many_redirects(url)
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

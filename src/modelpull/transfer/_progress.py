@@ -1,6 +1,8 @@
 """What one file's transfer reports; read by the plan runner, never awaited."""
 from __future__ import annotations
 
+import threading
+
 
 class FileProgress:
     """Byte counts and the latest notable event of one file, updated by the engine.
@@ -20,6 +22,7 @@ class FileProgress:
         self.present = False  # already on disk before this download: nothing fetched
         self.notice: str | None = None  # e.g. "retrying in 2.0 s"; taken by the runner
         self.restarted = False  # the bytes went back to zero; taken by the runner
+        self._lock = threading.Lock()  # several I/O threads add to `done`
 
     def begin(self, total: int | None, on_disk: int) -> None:
         if on_disk < self.done:
@@ -31,10 +34,12 @@ class FileProgress:
         self.state = self.DOWNLOADING
 
     def add(self, count: int) -> None:
-        self.done += count
+        with self._lock:
+            self.done += count
 
     def restart(self, reason: str) -> None:
-        self.done = 0
+        with self._lock:
+            self.done = 0
         self.restarted = True
         self.notice = reason
 
