@@ -15,7 +15,8 @@ import pytest
 from rich.console import Console
 
 from modelpull._progress import DownloadProgress, DownloadStatus
-from modelpull.cli import BarsView, LogView, main
+from modelpull._bars import BarsView, LogView
+from modelpull.cli import main
 
 SECRET = "hf_s3cr3t_token_value"
 
