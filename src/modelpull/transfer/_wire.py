@@ -90,8 +90,16 @@ class AbortSignal:
 
 
 class _Response(http.client.HTTPResponse):
+    _ahead_taken = False  # the bytes the header parser read ahead have been handed out
+
     def readinto1(self, view: memoryview) -> int:
-        """At most one read from the socket (unlike readinto, which waits to fill `view`)."""
+        """At most one read from the socket, straight into `view`.
+
+        Not BufferedReader.readinto1: on Python 3.11 it keeps reading until `view` is full
+        when `view` is larger than its 8 KiB buffer, so a slow link would show no progress
+        for a whole buffer. The buffer only holds what the header parser read ahead; that is
+        taken first, then the socket is read directly (one recv_into, no copy).
+        """
         if self.fp is None or not len(view):
             return 0
         if self.chunked:
@@ -100,7 +108,13 @@ class _Response(http.client.HTTPResponse):
             return len(data)
         if self.length is not None and len(view) > self.length:
             view = view[: self.length]
-        count = self.fp.readinto1(view)
+        if not self._ahead_taken:
+            ahead = len(self.fp.peek())  # what is buffered, or one short read if nothing is
+            count = min(ahead, len(view))
+            view[:count] = self.fp.read(count)
+            self._ahead_taken = ahead <= count
+        else:
+            count = self.fp.raw.readinto(view) or 0
         if not count:
             self._close_conn()
         elif self.length is not None:
@@ -160,10 +174,14 @@ class _TLS(http.client.HTTPSConnection, _Plain):
 class WireResponse:
     """One response; its connection goes back to the pool on `release()` if the body was read."""
 
-    def __init__(self, wire: "Wire", key: tuple, connection: http.client.HTTPConnection, raw: _Response, url: str) -> None:
+    def __init__(
+        self, wire: "Wire", key: tuple, connection: http.client.HTTPConnection, sock: socket.socket, raw: _Response,
+        url: str,
+    ) -> None:
         self._wire = wire
         self._key = key
         self._connection = connection
+        self._sock = sock  # kept: http.client forgets it when the response ends the connection
         self._raw = raw
         self._released = False
         self._signal: AbortSignal | None = None
@@ -195,12 +213,10 @@ class WireResponse:
 
     def shutdown(self) -> None:
         """From another thread: make a blocked read return now."""
-        sock = self._connection.sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def close(self) -> None:
         self._connection.close()
@@ -266,6 +282,7 @@ class Wire:
                     if proxy is not None and self.check is not None:
                         _check_name(host, port, self.check)
                     connection.request(method, target, headers=sent)
+                    sock = connection.sock
                     raw = connection.getresponse()
                 except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                     connection.close()
@@ -275,7 +292,7 @@ class Wire:
                 except BaseException:
                     connection.close()
                     raise
-                response = WireResponse(self, key, connection, raw, url)
+                response = WireResponse(self, key, connection, sock, raw, url)
                 if signal is not None:
                     signal.attach(response)
                 return response
