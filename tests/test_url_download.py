@@ -441,6 +441,16 @@ async def test_large_file_is_fetched_in_concurrent_parts(file_server, tmp_path):
     assert file_server.bytes_sent <= len(data) + 4 * MiB
 
 
+async def test_connections_ramp_up_to_the_maximum_when_each_one_is_capped(file_server, tmp_path):
+    # Each response capped at 4 MiB/s, as a CDN caps each connection: the ramp (one, then two,
+    # then all) must find that every extra connection pays, and use all four.
+    data = payload(24 * MiB)
+    url = file_server.add_file("/capped.bin", data, throttle_bps=4 * MiB)
+    items = await collect(url, tmp_path, multipart_threshold=1 * MiB, piece_size=1 * MiB, connections=4)
+    assert_complete(items, data)
+    assert file_server.max_concurrent_gets == 4
+
+
 async def test_a_drop_in_one_part_still_completes(file_server, tmp_path):
     data = payload(8 * MiB)
     url = file_server.add_file("/big.bin", data)

@@ -62,6 +62,7 @@ WRITE_INTERVAL = 0.5  # seconds: on a slow link, write (and record) at least thi
 MAX_RETRY_AFTER = 300.0
 RAMP_WINDOW = 0.3  # seconds of one connection, then of all, before deciding how many to keep
 RAMP_SETTLE = 0.1
+RAMP_RETRY = 2.0  # seconds before trying more connections again after a trial said no
 RAMP_PAIR_GAIN = 1.5  # two connections must be this much faster than one to try them all
 RAMP_GAIN = 1.2  # more connections stay only if they are at least this much faster
 FLUSH_EVERY = 64 * 1024 * 1024  # written bytes between background fdatasync calls
@@ -274,6 +275,7 @@ class _FileTransfer:
         self._pending = pending
         self._allowed = 1  # workers that may take another piece (see _ramp_up)
         self._running = 0
+        self._ramp: asyncio.Task | None = None
         first_response = probe if (probe is not None and pending[0] == 0) else None
         if probe is not None and first_response is None:
             probe.close()
@@ -281,7 +283,7 @@ class _FileTransfer:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._worker(first_response))
                 if most > 1:
-                    group.create_task(self._ramp_up(group, most))
+                    self._ramp = group.create_task(self._ramp_up(group, most))
         except BaseExceptionGroup as group_error:
             raise _first_meaningful(group_error) from None
 
@@ -291,14 +293,27 @@ class _FileTransfer:
         Against a server that caps each connection (a CDN, `limit_rate`), `most` connections
         are `most` times faster. On a link one connection already fills (loopback, a LAN), the
         extra connections only cost CPU: measured on 2 cores, 8 connections from a local nginx
-        took 2.7x curl's time, one took 1.4x. So: one connection for RAMP_WINDOW, then two; only
-        if two are clearly faster (RAMP_PAIR_GAIN) all of them, kept if faster than one by
-        RAMP_GAIN. A link that one connection fills pays for one extra connection, briefly.
+        took 2.7x curl's time, one took 1.4x. So: one connection for RAMP_WINDOW, then two;
+        only if two are clearly faster (RAMP_PAIR_GAIN), all of them, kept if faster than one
+        by RAMP_GAIN. A "no" is not final: one noisy window must not leave a capped download
+        on one connection, so the trial runs again after RAMP_RETRY seconds, then twice that...
+        A link that one connection fills pays for one extra connection, briefly, each time.
         """
+        pause = RAMP_RETRY
+        while self._pending:
+            if await self._try_more_connections(group, most):
+                return
+            await asyncio.sleep(pause)
+            pause *= 2
+
+    async def _try_more_connections(self, group: asyncio.TaskGroup, most: int) -> bool:
+        """One trial of the ramp; True when `most` connections stay."""
+        while self._running > 1:  # the last trial's extra workers finish their pieces first
+            await asyncio.sleep(RAMP_SETTLE)
         single = await self._rate_over(RAMP_WINDOW)
         for count, gain in ((2, RAMP_PAIR_GAIN), (most, RAMP_GAIN)):
             if not self._pending:
-                return
+                return True
             self._allowed = count
             for _ in range(count - self._running):
                 group.create_task(self._worker(None))
@@ -306,9 +321,10 @@ class _FileTransfer:
             rate = await self._rate_over(RAMP_WINDOW)
             if rate < single * gain:
                 self._allowed = 1  # the extra workers stop after their current piece
-                return
+                return False
             if count >= most:
-                return
+                return True
+        return True
 
     async def _rate_over(self, seconds: float) -> float:
         before = self.progress.done
@@ -326,6 +342,8 @@ class _FileTransfer:
             self._running -= 1
             if response is not None:
                 response.close()
+            if self._running == 0 and not self._pending and self._ramp is not None:
+                self._ramp.cancel()  # nothing left to speed up: do not wait for its next trial
 
     async def _verify_and_commit(self) -> None:
         assert self.state is not None
