@@ -69,6 +69,7 @@ class RequestRecord:
     outcome: str = "open"  # open, complete, dropped, stalled, client_closed, server_stopped
     started: float = dataclasses.field(default_factory=time.monotonic)
     finished: float | None = None
+    peer: tuple | None = None  # the client's (address, port): one per connection
 
     @property
     def range(self) -> str | None:
@@ -286,6 +287,7 @@ class FileServer(BackgroundServer):
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw_path = request.raw_path.split("?", 1)[0]
         record = RequestRecord(request.method, raw_path, CIMultiDict(request.headers))
+        record.peer = request.transport.get_extra_info("peername") if request.transport else None
         self.requests.append(record)
         is_get = request.method == "GET"
         if is_get:
