@@ -3,7 +3,9 @@
 In one run, each case measured ``--runs`` times (round-robin over the tools, medians reported):
 
 1. unthrottled, a ``--size-mib`` file (1 GiB): ``modelpull pull URL --to DIR --sha256 HEX --quiet``
-   vs ``curl -o`` vs ``aria2c -x16 -s16`` (curl and aria2c do not hash; modelpull verifies sha256);
+   vs ``curl -o`` vs ``aria2c -x16 -s16`` (curl and aria2c do not hash; modelpull verifies sha256
+   and fsyncs the file before renaming it), and for reading those: ``curl -o`` then
+   ``sha256sum -c`` (the same check by hand), then also ``sync FILE`` (the same durability);
 2. the same file from an nginx with ``limit_rate 20m`` (each connection capped at 20 MiB/s):
    modelpull (default 8 connections, and ``--connections 16``) vs curl vs aria2c -x16 -s16;
 3. modelpull's peak RSS (process tree) while downloading the same file, and a ``--big-size-mib``
@@ -64,6 +66,13 @@ class Tool:
     def command(self, url: str, out_dir: Path, sha256: str, driver: str) -> list[str]:
         if self.kind == "curl":
             return ["curl", "-sS", "-f", "-o", str(out_dir / "model.bin"), url]
+        if self.kind in ("curl+sha256sum", "curl+sha256sum+sync"):
+            # What a user runs by hand for modelpull's guarantees: the digest checked, and (with
+            # sync FILE, an fsync) the file on disk before anything relies on it.
+            script = 'curl -sS -f -o "$1" "$2" && echo "$3  $1" | sha256sum --quiet -c'
+            if self.kind.endswith("+sync"):
+                script += ' && sync "$1"'
+            return ["sh", "-c", script, "sh", str(out_dir / "model.bin"), url, sha256]
         if self.kind == "aria2c":
             return ["aria2c", "-x16", "-s16", "--dir", str(out_dir), "--out", "model.bin",
                     "--allow-overwrite=true", "--auto-file-renaming=false", "--quiet=true", url]
@@ -75,6 +84,8 @@ class Tool:
 
 
 CURL = Tool("curl -o", "curl")
+CURL_CHECKED = Tool("curl -o; sha256sum -c", "curl+sha256sum")
+CURL_CHECKED_SYNCED = Tool("curl -o; sha256sum -c; sync FILE", "curl+sha256sum+sync")
 ARIA2C = Tool("aria2c -x16 -s16", "aria2c")
 MODELPULL = Tool("modelpull", "modelpull")
 MODELPULL_16 = Tool("modelpull --connections 16", "modelpull", 16)
@@ -197,6 +208,9 @@ def ratio_rows(tiny: Case, unthrottled: Case, throttled: Case, big: Case | None)
                  verdict(modelpull_vs_curl, modelpull_vs_curl is not None and modelpull_vs_curl <= 1.15)])
     modelpull_vs_aria = ratio(unthrottled.median_wall(MODELPULL), unthrottled.median_wall(ARIA2C))
     rows.append(["unthrottled: modelpull wall ÷ aria2c wall", show(modelpull_vs_aria), "—", ""])
+    for tool in (CURL_CHECKED, CURL_CHECKED_SYNCED):
+        versus = ratio(unthrottled.median_wall(MODELPULL), unthrottled.median_wall(tool))
+        rows.append([f"unthrottled: modelpull wall ÷ ({tool.name}) wall", show(versus), "—", ""])
     for tool in (MODELPULL, MODELPULL_16):
         speedup = ratio(throttled.median_wall(CURL), throttled.median_wall(tool))
         rows.append([f"{throttled.title}: curl wall ÷ {tool.name} wall", show(speedup), "≥ 6×",
@@ -276,7 +290,7 @@ def main() -> None:
         _nginx.warm_page_cache(www / "model.bin")
         with _nginx.start_nginx(www) as fast, _nginx.start_nginx(www, limit_rate=args.limit_rate) as slow:
             unthrottled = Case("unthrottled", fast.url("model.bin"), args.size_mib * MiB, sha256,
-                               [CURL, *modelpull_tools, ARIA2C], args.runs)
+                               [CURL, *modelpull_tools, ARIA2C, CURL_CHECKED, CURL_CHECKED_SYNCED], args.runs)
             throttled = Case(f"limit_rate {args.limit_rate}", slow.url("model.bin"), args.size_mib * MiB, sha256,
                              [CURL, *modelpull_tools, *modelpull_16, ARIA2C], args.runs)
             tiny = Case("1 KiB file (fixed cost)", fast.url("tiny.bin"), 1024, tiny_sha256,
