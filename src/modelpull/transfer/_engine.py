@@ -272,6 +272,8 @@ class _FileTransfer:
         parallel = layout.ranged and total >= self.options.multipart_threshold
         most = min(self.options.connections, len(pending)) if parallel else 1
         self._pending = pending
+        size = WRITE_CHUNK if layout.total is None else max(1, min(WRITE_CHUNK, layout.total))
+        self._buffers = _Buffers(size, most + _Buffers.SPARE, self.signal)
         self._allowed = 1  # workers that may take another piece (see _ramp_up)
         self._running = 0
         self._ramp: asyncio.Task | None = None
@@ -463,7 +465,7 @@ class _FileTransfer:
         assert self.state is not None
         written = self.state.done[index]
         limit = None if piece_end is None else piece_end - piece_start
-        buffers = _Buffers(WRITE_CHUNK if limit is None else max(1, min(WRITE_CHUNK, limit - written)), self.signal)
+        buffers = self._buffers
         self.signal.enter_stream()
         try:
             ended = False
@@ -653,25 +655,34 @@ def _fsync_directory(directory: Path) -> None:
 
 
 class _Buffers:
-    """A stream's few reusable buffers: one being filled, others waiting for the hasher."""
+    """A transfer's reusable buffers: one per stream being filled, a few waiting for the hasher.
 
-    COUNT = 4
+    Shared by the transfer's streams and reused from piece to piece, so memory stays flat
+    whatever the file's size (allocating per piece let each I/O thread's malloc arena keep
+    its own freed megabytes).
+    """
 
-    def __init__(self, size: int, signal: AbortSignal) -> None:
+    SPARE = 4  # beyond one per connection: how far the hasher may lag behind the front writer
+
+    def __init__(self, size: int, count: int, signal: AbortSignal) -> None:
         self._size = size
+        self._count = count
         self._signal = signal
         self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
         self._made = 0
+        self._lock = threading.Lock()
 
     def take(self) -> memoryview:
         try:
             return self._free.get_nowait()
         except queue.Empty:
             pass
-        if self._made < self.COUNT:
-            self._made += 1
+        with self._lock:
+            make = self._made < self._count
+            self._made += make
+        if make:
             return memoryview(bytearray(self._size))
-        while True:  # all with the hasher: wait for one (the hasher is the bottleneck)
+        while True:  # all in use or with the hasher: wait for one (the hasher is the bottleneck)
             try:
                 return self._free.get(timeout=0.5)
             except queue.Empty:
