@@ -171,8 +171,9 @@ class _FileTransfer:
                 probe.close()
             # A failed or cancelled transfer may still have threads writing: stop them, and
             # wait until none is inside the file before closing it.
-            self.signal.abort()
-            await asyncio.shield(asyncio.get_running_loop().run_in_executor(_IO_THREADS, self.signal.wait_idle))
+            self.signal.abort()  # after this no thread can enter a stream, so `busy` only falls
+            if self.signal.busy:
+                await asyncio.shield(asyncio.get_running_loop().run_in_executor(_IO_THREADS, self.signal.wait_idle))
             if self._flushing is not None:
                 await asyncio.shield(asyncio.wrap_future(self._flushing))
             if self.hasher is not None:

@@ -17,12 +17,10 @@ import os
 import threading
 from typing import Callable
 
-import os as _os
-
 # Large blocks: each one costs the thread two trips back to the GIL, which the busy event
 # loop may hold for up to the 5 ms switch interval. Measured on 2 cores, 8 connections,
 # 1 GiB: 4 MiB blocks made the whole download ~2x slower than 16 MiB ones.
-_BLOCK = int(_os.environ.get("MODELPULL_HASH_BLOCK", 16 * 1024 * 1024))
+_BLOCK = int(os.environ.get("MODELPULL_HASH_BLOCK", 16 * 1024 * 1024))
 
 
 class FollowingHasher:

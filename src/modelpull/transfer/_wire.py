@@ -40,8 +40,8 @@ class Aborted(ConnectionError):
 class AbortSignal:
     """Lets the event loop stop a transfer's threads: their sockets are shut down at once.
 
-    Threads that stream into the file register with `streaming()`; `wait_idle()` returns once
-    none is left, after which the file descriptor may be closed safely.
+    Threads that stream into the file register with `enter_stream()` / `leave_stream()`;
+    `wait_idle()` returns once none is left, after which the file descriptor may be closed safely.
     """
 
     def __init__(self) -> None:
@@ -81,6 +81,11 @@ class AbortSignal:
             self._streaming -= 1
             if self._streaming == 0:
                 self._idle.notify_all()
+
+    @property
+    def busy(self) -> bool:
+        """Some thread is inside a stream now."""
+        return self._streaming > 0
 
     def wait_idle(self) -> None:
         """Block until no thread is inside a stream (call after abort())."""
@@ -270,17 +275,18 @@ class Wire:
         port = parts.port or (443 if scheme == "https" else 80)
         proxy = self._proxy_for(scheme, host)
         key = (scheme, host, port, proxy)
+        forwarded = proxy is not None and scheme == "http"  # sent to the proxy, absolute URL
+        target = url if forwarded else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        sent = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
+        if forwarded:
+            sent.update(_proxy_authorization(proxy))
         self._take_slot(key, signal)
         try:
+            if proxy is not None and self.check is not None:
+                _check_name(host, port, self.check)  # before any connection, and once per request
             for attempt in (0, 1):
                 connection, reused = self._connection(key, scheme, host, port, proxy, read_timeout)
-                target = url if (proxy and scheme == "http") else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-                sent = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
-                if proxy and scheme == "http":
-                    sent.update(_proxy_authorization(proxy))
                 try:
-                    if proxy is not None and self.check is not None:
-                        _check_name(host, port, self.check)
                     connection.request(method, target, headers=sent)
                     sock = connection.sock
                     raw = connection.getresponse()
