@@ -17,7 +17,8 @@ an unknown token is 401 "Invalid credentials in Authorization header" everywhere
 advertised (no `X-Xet-*` headers, no `xetHash`), so clients take the plain LFS path.
 
 Test hooks: `fail_next()` injects errors (429 with Retry-After, 5xx), `corrupt()` flips a CDN
-byte, `cdn_rate` throttles every CDN connection, `requests` logs everything, and
+byte, `edit_listing()` rewrites a repo's siblings (a hostile Hub: `../`, absolute, NUL names,
+digests that are paths), `answer_api_with()` sends a raw non-JSON body, `cdn_rate` throttles every CDN connection, `requests` logs everything, and
 `cdn_authorization_headers` lists every `authorization` header the CDN was sent (it refuses
 them, as S3 refuses a second auth mechanism).
 """
@@ -29,7 +30,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 from urllib.parse import quote, unquote
 
 from aiohttp import web
@@ -157,6 +158,8 @@ class FakeHub(BackgroundServer):
         self._commit_counter = 0
         self._cdn_runner: web.AppRunner | None = None
         self.cdn_port: int | None = None
+        self._listing_edits: dict[tuple[str, str], Callable[[list[dict]], list[dict]]] = {}
+        self._raw_api_answer: tuple[int, bytes, str] | None = None
 
     # ------------------------------------------------------------------ content
 
@@ -228,6 +231,15 @@ class FakeHub(BackgroundServer):
             message = "You have exceeded our rate limit" if status == 429 else "Internal Error"
         with self._lock:
             self._injected.append(_Injected(status, where, times, extra, message))
+
+    def edit_listing(self, repo_id: str, edit: Callable[[list[dict]], list[dict]], *,
+                     repo_type: str = "model") -> None:
+        """Repo info answers `edit(siblings)` instead of the true siblings (a hostile or broken Hub)."""
+        self._listing_edits[(repo_type, repo_id)] = edit
+
+    def answer_api_with(self, body: bytes, *, status: int = 200, content_type: str = "text/html") -> None:
+        """Every /api/ request answers this raw body (a proxy's login page, a Hub that is not one)."""
+        self._raw_api_answer = (status, body, content_type)
 
     def corrupt(self, sha256: str, offset: int = 0) -> None:
         """The CDN serves blob `sha256` with the byte at `offset` flipped."""
@@ -320,6 +332,9 @@ class FakeHub(BackgroundServer):
         token_error, token = self._check_token(request)
         if token_error is not None:
             return token_error
+        if self._raw_api_answer is not None and segments[:1] == ["api"]:
+            status, body, content_type = self._raw_api_answer
+            return web.Response(status=status, body=body, content_type=content_type)
         if len(segments) >= 3 and segments[0] == "api" and segments[1] in ("models", "datasets"):
             return self._api(request, segments[1][:-1], segments[2:], token)
         repo_type = "model"
@@ -396,6 +411,9 @@ class FakeHub(BackgroundServer):
                 if f.lfs:
                     sibling["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": f.pointer_size}
             siblings.append(sibling)
+        edit = self._listing_edits.get((repo_type, repo_id))
+        if edit is not None:
+            siblings = edit([dict(s, lfs=dict(s["lfs"])) if "lfs" in s else dict(s) for s in siblings])
         info = {
             "_id": hashlib.md5(repo_id.encode()).hexdigest()[:24], "id": repo_id,
             "author": repo_id.split("/")[0] if "/" in repo_id else None, "sha": commit,

@@ -31,7 +31,7 @@ import random
 import secrets
 import tempfile
 from pathlib import Path, PurePath, PurePosixPath
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Callable, Iterable
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -349,6 +349,12 @@ class FakeOllamaRegistry(BackgroundServer):
     def add_model(self, name: str = "tinyllama", **kwargs: Any) -> FakeModel:
         """`make_model(name, **kwargs)`, served from now on."""
         return self.add(make_model(name, **kwargs))
+
+    def edit_manifest(self, model: FakeModel, edit: Callable[[dict[str, Any]], dict[str, Any]]) -> FakeModel:
+        """Serve `edit(manifest)` for `model` instead (a hostile registry: digests that are paths)."""
+        hostile = dataclasses.replace(model, manifest=json.dumps(edit(json.loads(model.manifest))).encode())
+        self.models[(model.name.namespace, model.name.model, model.name.tag)] = hostile
+        return hostile
 
     def _publish(self, blob: Blob) -> None:
         if self.cdn is not None:

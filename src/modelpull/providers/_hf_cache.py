@@ -13,6 +13,9 @@ Hub cache (`cache_dir`, else HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/hugg
 keeps beside them (`.cache/huggingface/download/<path>.metadata`: commit, etag, timestamp).
 Tools that read either layout (huggingface_hub with HF_HUB_OFFLINE=1, transformers, mlx-lm)
 then find the model without the network.
+
+Every path below is made by `_paths.confined`: the listing's names (checked when the listing
+is read) are joined to the cache or `local_dir` and proved, symlinks resolved, to stay inside it.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ import shutil
 import time
 import uuid
 from pathlib import Path
+
+from .._paths import confined
 
 CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -66,13 +71,18 @@ class HubCache:
 
     def __init__(self, cache_dir: Path, repo_id: str, repo_type: str) -> None:
         self.cache_dir = cache_dir
-        self.storage = cache_dir / repo_folder_name(repo_id, repo_type)
+        self.folder = repo_folder_name(repo_id, repo_type)
+        self.storage = confined(cache_dir, self.folder)
+
+    def _path(self, *names: str) -> Path:
+        # The cache, not the repo folder, is the root: a blob may be a link into the shared blob store.
+        return confined(self.cache_dir, self.folder, *names)
 
     def blob(self, file: RepoFile) -> Path:
-        return self.storage / "blobs" / file.etag
+        return self._path("blobs", file.etag)
 
     def snapshot(self, commit: str) -> Path:
-        return self.storage / "snapshots" / commit
+        return self._path("snapshots", commit)
 
     def has_blob(self, file: RepoFile) -> bool:
         """True when the blob is complete: huggingface_hub and we only ever rename finished blobs here."""
@@ -83,7 +93,7 @@ class HubCache:
 
     def link(self, commit: str, file: RepoFile) -> Path:
         """snapshots/<commit>/<path> -> the blob, as a relative symlink (a copy where links fail)."""
-        pointer = self.snapshot(commit).joinpath(*file.path.split("/"))
+        pointer = self._path("snapshots", commit, file.path)
         blob = self.blob(file)
         pointer.parent.mkdir(parents=True, exist_ok=True)
         target = os.path.relpath(blob, pointer.parent)
@@ -101,7 +111,7 @@ class HubCache:
         """refs/<revision> = commit, unless the revision is the commit itself."""
         if revision == commit:
             return
-        ref = self.storage / "refs" / revision
+        ref = self._path("refs", revision)
         ref.parent.mkdir(parents=True, exist_ok=True)
         if ref.exists() and ref.read_text() == commit:
             return
@@ -127,10 +137,10 @@ class LocalDir:
         self.meta = root / ".cache" / "huggingface"
 
     def path(self, file: RepoFile) -> Path:
-        return self.root.joinpath(*file.path.split("/"))
+        return confined(self.root, file.path)
 
     def _metadata_path(self, file: RepoFile) -> Path:
-        return self.meta.joinpath("download", *f"{file.path}.metadata".split("/"))
+        return confined(self.root, ".cache", "huggingface", "download", f"{file.path}.metadata")
 
     def has_file(self, file: RepoFile) -> bool:
         """The file is there, its size right, and huggingface_hub's metadata names the same blob."""

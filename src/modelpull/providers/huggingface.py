@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import random
 import re
@@ -46,6 +47,7 @@ from .._errors import (
     RateLimited,
     ServerError,
 )
+from .._paths import UnsafeName, git_sha1_hex, relative_parts, sha256_hex, shown_name
 from .._plan import DownloadRequest, Plan, PlannedFile, TransferOptions
 from ..transfer._http import retry_after_seconds
 from ._base import Provider
@@ -251,17 +253,23 @@ class HubClient:
         if info.gated:
             # A gated repo's listing is public; its files are not. Ask now rather than fail mid-download.
             await self.call(self.api.auth_check, target.repo_id, repo_type=target.repo_type)
-        files = [
-            RepoFile(path=s.rfilename, size=s.lfs.size if s.lfs else (s.size or 0), blob_id=s.blob_id or "",
-                     lfs_sha256=s.lfs.sha256 if s.lfs else None)
-            for s in info.siblings or []
-        ]
-        for file in files:
-            if not file.blob_id:
-                raise ModelPullError(f"the Hub listed {file.path} without its blob id", code="hub_error")
-            if any(part in ("", ".", "..") for part in file.path.split("/")):  # it would land outside the folder
-                raise ModelPullError(f"the Hub listed an unsafe file path {file.path!r}", code="hub_error")
-        return RepoListing(commit=info.sha, files=files)
+        return RepoListing(commit=info.sha, files=[self._repo_file(s) for s in info.siblings or []])
+
+    def _repo_file(self, sibling: Any) -> RepoFile:
+        """One listed file, its name and ids checked before any of them can become a path."""
+        try:
+            relative_parts(sibling.rfilename)
+            lfs = sibling.lfs
+            size = lfs.size if lfs else (sibling.size or 0)
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise UnsafeName(f"its size {size!r} is not a number of bytes")
+            return RepoFile(path=sibling.rfilename, size=size, blob_id=git_sha1_hex(sibling.blob_id),
+                            lfs_sha256=sha256_hex(lfs.sha256) if lfs else None)
+        except UnsafeName as exc:
+            raise ModelPullError(
+                f"the Hub at {self.target.endpoint} listed an unusable entry {shown_name(sibling.rfilename)} in "
+                f"{self.target.repo_id}: {exc.reason}. Refusing the listing; nothing was written. Check that "
+                "HF_ENDPOINT points at a Hugging Face Hub you trust", code="hub_error") from None
 
     async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         failures = 0
@@ -343,6 +351,13 @@ class HubClient:
                                     code="hub_unreachable")
         if status is not None:
             return ModelPullError(f"The Hugging Face Hub answered HTTP {status} for {name}", code="hub_error")
+        if isinstance(exc, (ValueError, TypeError, KeyError, AttributeError)):
+            # huggingface_hub parsing an answer that is no JSON, or JSON of another shape: a proxy's
+            # page, a server that is not a Hub. Ours are raised outside this call.
+            what = "no JSON" if isinstance(exc, json.JSONDecodeError) else "JSON that is not a Hub listing"
+            return ModelPullError(
+                f"The server at {target.endpoint} answered {what} for {name} ({_reason(exc)}): check that "
+                "HF_ENDPOINT (or base_url) points at a Hugging Face Hub", code="hub_error")
         return None
 
 

@@ -32,6 +32,7 @@ import aiohttp
 from yarl import URL
 
 from .._errors import AuthenticationRequired, ConnectionFailed, InvalidRequest, ModelPullError, NotFound, SourceError
+from .._paths import UnsafeName, confined, sha256_hex, shown_name
 from .._plan import DownloadRequest, Plan, PlannedFile
 from .._progress import DownloadProgress, DownloadStatus
 from .._units import format_bytes
@@ -54,7 +55,6 @@ _MEDIA_TYPE_PREFIX = "application/vnd.ollama.image."
 # Ollama's own name rules (types/model/name.go): parts of letters, digits, `_`, `-` and `.`.
 _PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(:[0-9]+)?$")
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 # A blob file of Ollama's store: sha256-<hex> (sha256:<hex> in old stores, before fixblobs).
 _BLOB_FILE = re.compile(r"^sha256[-:][0-9a-f]{64}$")
 _ABSOLUTE_PATH = re.compile(r"^(/|\\|[A-Za-z]:[\\/])")
@@ -84,7 +84,8 @@ class OllamaName:
         model = parts[-1]
         namespace = parts[-2] if len(parts) >= 2 else DEFAULT_NAMESPACE
         host = parts[-3] if len(parts) == 3 else DEFAULT_HOST
-        if not (_PART.match(model) and _PART.match(namespace) and _PART.match(tag) and _HOST.match(host)):
+        if not (_PART.fullmatch(model) and _PART.fullmatch(namespace) and _PART.fullmatch(tag)
+                and _HOST.fullmatch(host)):
             raise _bad_name(text)
         if len(tag) > 80:
             raise _bad_name(text)
@@ -103,7 +104,7 @@ class OllamaName:
         return f"{self.host}/{self.repository}:{self.tag}"
 
     def manifest_path(self, store: Path) -> Path:
-        return store / "manifests" / self.host / self.namespace / self.model / self.tag
+        return confined(store, "manifests", self.host, self.namespace, self.model, self.tag)
 
 
 def _bad_name(text: str) -> InvalidRequest:
@@ -162,8 +163,8 @@ class OllamaProvider(Provider):
         blobs = _manifest_blobs(raw_manifest, name)
         files = []
         for media_type, digest, size in blobs:
-            hex_digest = digest.partition(":")[2]
-            dest = store / "blobs" / f"sha256-{hex_digest}"
+            hex_digest = digest.partition(":")[2]  # checked by _manifest_blobs
+            dest = blob_path(store, digest)
             files.append(PlannedFile(
                 url=registry.blob_url(digest),
                 dest=dest,
@@ -224,6 +225,14 @@ def store_root(models_path: str | os.PathLike[str] | None) -> Path:
     """Ollama's model store: the `models_path` option, else OLLAMA_MODELS, else ~/.ollama/models."""
     chosen = models_path or os.environ.get("OLLAMA_MODELS") or Path.home() / ".ollama" / "models"
     return Path(chosen).expanduser()
+
+
+def blob_path(store: Path, digest: str) -> Path:
+    """<store>/blobs/sha256-<hex> for a digest `sha256:<hex>` (UnsafeName for anything else)."""
+    algorithm, _, hex_digest = digest.partition(":")
+    if algorithm != "sha256":
+        raise UnsafeName(f"{digest!r} is not a sha256 digest")
+    return confined(store, "blobs", f"sha256-{sha256_hex(hex_digest)}")
 
 
 def _kind(media_type: str) -> str:
@@ -351,10 +360,18 @@ def _manifest_blobs(raw: bytes, name: OllamaName) -> list[tuple[str, str, int]]:
     seen: set[str] = set()
     unique = []
     for media_type, digest, size in blobs:
-        if not _DIGEST.match(digest) or size < 0:
+        try:
+            algorithm, _, hex_digest = digest.partition(":")
+            if algorithm != "sha256":
+                raise UnsafeName(f"{shown_name(digest)} is not a sha256 digest")
+            sha256_hex(hex_digest)
+            if size < 0:
+                raise UnsafeName(f"its size {size} is negative")
+        except UnsafeName as exc:
             raise SourceError(
-                f"the manifest of '{name.display}' names an invalid blob: {digest!r}", code="bad_manifest"
-            )
+                f"the manifest of '{name.display}' names an unusable blob {shown_name(digest)}: {exc.reason}. "
+                "Refusing it; nothing was written", code="bad_manifest"
+            ) from None
         if digest not in seen:
             seen.add(digest)
             unique.append((media_type, digest, size))
@@ -379,7 +396,7 @@ def model_path_from_modelfile(modelfile: str) -> str | None:
         if len(path) >= 2 and path[0] == path[-1] == '"':
             path = path[1:-1]
         file_name = re.split(r"[\\/]", path)[-1]
-        return path if _ABSOLUTE_PATH.match(path) and _BLOB_FILE.match(file_name) else None
+        return path if _ABSOLUTE_PATH.match(path) and _BLOB_FILE.fullmatch(file_name) else None
     return None
 
 
@@ -549,7 +566,10 @@ class _ServerPull:
             digest = next(layer["digest"] for layer in manifest["layers"] if layer["mediaType"] == MODEL_MEDIA_TYPE)
         except (OSError, ValueError, KeyError, TypeError, StopIteration):
             return None
-        blob = store / "blobs" / digest.replace(":", "-")
+        try:
+            blob = blob_path(store, digest)
+        except UnsafeName:
+            return None
         return str(blob) if blob.is_file() else None
 
     def _stream_error(self, text: str) -> ModelPullError:

@@ -14,6 +14,7 @@ from urllib.parse import unquote
 from yarl import URL
 
 from .._errors import InvalidRequest, SourceError
+from .._paths import confined
 from .._plan import DownloadRequest, Plan, PlannedFile
 from ..transfer import Wire, partial_paths, public_url
 from ..transfer._http import permanent_status_error, wire_following_redirects
@@ -144,7 +145,7 @@ class _SourceBook:
     def claim(self, name: str, url: str, size: int | None, sha256: str | None) -> tuple[Path, bool]:
         """(destination, already complete) for `url`, taking a free name if `name` is another URL's."""
         for candidate in (name, _disambiguated(name, url)):
-            dest = self.directory / candidate
+            dest = confined(self.directory, candidate)
             record = self._read(candidate)
             mine = record is not None and record.get("url_sha256") == _url_key(url)
             if mine:
@@ -165,16 +166,19 @@ class _SourceBook:
         self.book.mkdir(parents=True, exist_ok=True)
         entry = {"url": public_url(url), "url_sha256": _url_key(url), "size": size, "sha256": sha256,
                  "complete": complete}
-        path = self.book / f"{name}.json"
+        path = self._record_path(name)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(entry))
         os.replace(tmp, path)
 
     def _read(self, name: str) -> dict | None:
         try:
-            return json.loads((self.book / f"{name}.json").read_text())
+            return json.loads(self._record_path(name).read_text())
         except (FileNotFoundError, ValueError):
             return None
+
+    def _record_path(self, name: str) -> Path:
+        return confined(self.directory, str(SOURCES_DIR), f"{name}.json")
 
 
 def _url_key(url: str) -> str:
