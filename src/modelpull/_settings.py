@@ -37,7 +37,10 @@ class Settings:
     # Server.
     host: str = "127.0.0.1"  # MODELPULL_HOST
     port: int = 8080  # MODELPULL_PORT
-    database: Path | None = None  # MODELPULL_DATABASE: SQLite file (default <home>/.modelpull/state.db)
+    # MODELPULL_DATABASE: an SQLite file (default <home>/.modelpull/state.db), or a
+    # postgresql://user:password@host:5432/db URL shared by several replicas.
+    database: Path | str | None = None
+    lease_seconds: float = 15.0  # MODELPULL_LEASE_SECONDS: a dead replica's jobs are taken over after this
     max_active_jobs: int = 3  # MODELPULL_MAX_ACTIVE_JOBS
     max_connections_per_host: int = 16  # MODELPULL_MAX_CONNECTIONS_PER_HOST
     api_key: str | None = None  # MODELPULL_API_KEY: every route but /health needs Bearer <key>
@@ -55,7 +58,8 @@ class Settings:
             max_retries=int(_env("MAX_RETRIES", "5")),
             host=_env("HOST", "127.0.0.1"),
             port=int(_env("PORT", "8080")),
-            database=Path(database) if database else None,
+            database=database or None,
+            lease_seconds=float(_env("LEASE_SECONDS", "15")),
             max_active_jobs=int(_env("MAX_ACTIVE_JOBS", "3")),
             max_connections_per_host=int(_env("MAX_CONNECTIONS_PER_HOST", "16")),
             api_key=os.environ.get(ENV_PREFIX + "API_KEY") or None,
@@ -64,5 +68,11 @@ class Settings:
         )
 
     @property
-    def database_path(self) -> Path:
-        return self.database or (self.home / ".modelpull" / "state.db")
+    def database_url(self) -> str:
+        """The --database value: a postgresql:// URL or an SQLite file path (the default)."""
+        return str(self.database or (Path(self.home) / ".modelpull" / "state.db"))
+
+    @property
+    def shared_database(self) -> bool:
+        """Several replicas may share this database (and the models dir with it)."""
+        return self.database_url.startswith(("postgresql://", "postgres://"))

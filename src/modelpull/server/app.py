@@ -32,7 +32,7 @@ from .errors import ApiError, bad_request, not_found
 from .logs import SECRETS, silence_uvicorn_access_log
 from .manager import DownloadManager
 from .security import api_key_matches, redact_query, valid_id
-from .store import SQLiteJobStore
+from .store import StoreError, open_store
 
 log = logging.getLogger("modelpull.server")
 access_log = logging.getLogger("modelpull.access")
@@ -278,7 +278,7 @@ def build_router() -> APIRouter:
     @router.post("/downloads/cancel", tags=["kolosal downloads"])
     @router.delete("/downloads", tags=["kolosal downloads"])
     async def cancel_all(request: Request) -> Response:
-        cancelled, skipped, total = _manager(request).cancel_all()
+        cancelled, skipped, total = await _manager(request).cancel_all()
         return _json({
             "success": True,
             "message": "Bulk download cancellation completed",
@@ -292,13 +292,13 @@ def build_router() -> APIRouter:
     @router.delete("/downloads/{model_id}", tags=["kolosal downloads"])
     @router.post("/downloads/{model_id}/cancel", tags=["kolosal downloads"])
     async def cancel(model_id: str, request: Request) -> Response:
-        previous = _manager(request).cancel(model_id)
+        previous = await _manager(request).cancel(model_id)
         return _json({"success": True, "message": "Download cancelled successfully", "model_id": model_id,
                 "previous_status": previous, "timestamp": int(time.time() * 1000)})
 
     @router.post("/downloads/{model_id}/pause", tags=["kolosal downloads"])
     async def pause(model_id: str, request: Request) -> Response:
-        changed = _manager(request).pause(model_id)
+        changed = await _manager(request).pause(model_id)
         message = "Download paused; partial data kept" if changed else "Download was already paused"
         return _json({"success": True, "message": message, "model_id": model_id})
 
@@ -310,7 +310,7 @@ def build_router() -> APIRouter:
             token = body.get("token")
             if token is not None and not isinstance(token, str):
                 raise bad_request("'token' must be a string", "token", "invalid_parameter")
-        changed = _manager(request).resume(model_id, token)
+        changed = await _manager(request).resume(model_id, token)
         message = "Download resumed" if changed else "Download is already queued or running"
         return _json({"success": True, "message": message, "model_id": model_id})
 
@@ -435,25 +435,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         silence_uvicorn_access_log()
-        store = SQLiteJobStore(settings.database_path)
+        store = open_store(settings.database_url, settings.lease_seconds)
+        await store.open()
         holder: dict[str, DownloadManager] = {}
         engines = EngineRegistry(store, lambda kind, data: holder["m"].engine_changed(kind, data)
                                  if "m" in holder else None)
+        await engines.load()
         manager = DownloadManager(settings, store, engines)
         holder["m"] = manager
         app.state.manager = manager
         SECRETS.add(settings.api_key)
         await manager.start()
         log.info("modelpull server ready", extra={
-            "models_dir": str(manager.models_dir), "database": str(settings.database_path),
-            "max_active_jobs": settings.max_active_jobs, "api_key": bool(settings.api_key),
-            "allow_private_urls": settings.allow_private_urls,
+            "models_dir": str(manager.models_dir), "database": store.description,
+            "replica_id": store.replica_id, "max_active_jobs": settings.max_active_jobs,
+            "api_key": bool(settings.api_key), "allow_private_urls": settings.allow_private_urls,
         })
         try:
             yield
         finally:
             await manager.close()
-            store.close()
+            await store.close()
             SECRETS.discard(settings.api_key)
 
     app = FastAPI(
@@ -473,8 +475,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def health(request: Request) -> Response:
         manager = _manager(request)
         counts = manager.counts()
-        return _json({"status": "ok", "version": __version__, "active": manager.running_transfers,
-                      "queued": counts.get("queued", 0), "uptime_seconds": round(time.time() - manager.started, 1)})
+        healthy = manager.store.healthy
+        return _json({"status": "ok" if healthy else "unavailable", "version": __version__,
+                      "database": "ok" if healthy else "unreachable", "replica_id": manager.store.replica_id,
+                      "active": manager.running_transfers, "queued": counts.get("queued", 0),
+                      "uptime_seconds": round(time.time() - manager.started, 1)}, 200 if healthy else 503)
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     async def metrics(request: Request) -> PlainTextResponse:

@@ -27,8 +27,12 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     add("--host", default=defaults.host, help=f"address to bind (MODELPULL_HOST, default {defaults.host})")
     add("--port", type=int, default=defaults.port, help=f"port, 0 for any free one (MODELPULL_PORT, default {defaults.port})")
     add("--models-dir", type=Path, default=defaults.home, help=f"where downloads land (MODELPULL_HOME, default {defaults.home})")
-    add("--database", type=Path, default=defaults.database,
-        help="SQLite file of jobs and engines (MODELPULL_DATABASE, default <models-dir>/.modelpull/state.db)")
+    add("--database", default=defaults.database,
+        help="the job store: an SQLite file, or postgresql://user:password@host:5432/db shared by several "
+             "replicas (MODELPULL_DATABASE, default <models-dir>/.modelpull/state.db)")
+    add("--lease-seconds", type=float, default=defaults.lease_seconds,
+        help="with PostgreSQL: a replica that stops renewing its jobs for this long loses them to the others "
+             f"(MODELPULL_LEASE_SECONDS, default {defaults.lease_seconds:g})")
     add("--max-active-jobs", type=int, default=defaults.max_active_jobs,
         help=f"downloads running at once; the rest wait as queued (MODELPULL_MAX_ACTIVE_JOBS, default {defaults.max_active_jobs})")
     add("--max-connections-per-host", type=int, default=defaults.max_connections_per_host,
@@ -66,7 +70,8 @@ def settings_from_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespac
         host=args.host,
         port=args.port,
         home=args.models_dir,
-        database=args.database,
+        database=args.database or None,
+        lease_seconds=args.lease_seconds,
         max_active_jobs=args.max_active_jobs,
         max_connections_per_host=args.max_connections_per_host,
         connections=args.connections,
@@ -97,6 +102,29 @@ def _check(settings: Settings) -> str | None:
         return "--retention-seconds must be 0 or more"
     if not 0 <= settings.port <= 65535:
         return "--port must be from 0 to 65535"
+    if settings.lease_seconds < 1:
+        return "--lease-seconds must be at least 1"
+    return None
+
+
+def _check_database(settings: Settings) -> str | None:
+    """Open the store once before serving: a database that cannot be used is one clear line
+    at start (within seconds, no traceback, a refused password not retried), not a crash later."""
+    import asyncio
+
+    from .store import StoreError, open_store
+
+    async def probe() -> None:
+        store = open_store(settings.database_url, settings.lease_seconds)
+        try:
+            await store.open()
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(probe())
+    except StoreError as exc:
+        return str(exc)
     return None
 
 
@@ -112,6 +140,11 @@ def serve_main(argv: Sequence[str]) -> int:
 
     from .app import create_app
     from .logs import configure_logging
+
+    problem = _check_database(settings)
+    if problem:
+        print(f"modelpull serve: {problem}", file=sys.stderr)
+        return 1
 
     _pin_mmap_threshold()
     configure_logging(args.log_level, args.log_format)

@@ -302,8 +302,21 @@ class EngineRegistry:
 
     def __init__(self, store: JobStore, on_change: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self._store = store
-        self._engines: dict[str, dict[str, Any]] = {e["engine_id"]: e for e in store.load_engines()}
+        self._engines: dict[str, dict[str, Any]] = {}
         self._on_change = on_change or (lambda kind, data: None)
+
+    async def load(self) -> None:
+        """Read the stored engines (at start)."""
+        self._engines = {e["engine_id"]: e for e in await self._store.load_engines()}
+
+    def refresh(self, engine_id: str, record: dict[str, Any] | None) -> None:
+        """Another replica created (record) or removed (None) an engine."""
+        if record is None:
+            if self._engines.pop(engine_id, None) is not None:
+                self._on_change("engine-removed", {"engine_id": engine_id})
+        elif self._engines.get(engine_id) != record:
+            self._engines[engine_id] = record
+            self._on_change("engine", record)
 
     def get(self, engine_id: str) -> dict[str, Any] | None:
         return self._engines.get(engine_id)

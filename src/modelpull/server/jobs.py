@@ -192,6 +192,16 @@ class Job:
         record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _TRANSIENT}
         return record
 
+    def merge_record(self, record: dict[str, Any]) -> None:
+        """Take another replica's newer record of this job (the store's truth), in place."""
+        for name in _STORED - {"event_id"}:
+            if name in record:
+                setattr(self, name, record[name])
+        # The next event continues from the owner's count, never going back.
+        self.event_id = max(self.event_id, int(record.get("event_id") or 0) - 1)
+        self.revision += 1
+        self.dirty = True
+
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "Job":
         known = {f.name for f in dataclasses.fields(cls)} - _TRANSIENT
@@ -206,3 +216,4 @@ class Job:
 _TRANSIENT = frozenset({
     "token", "shared_with", "events", "subscribers", "dirty", "unsaved", "last_published", "revision", "view_cache",
 })
+_STORED = frozenset(f.name for f in dataclasses.fields(Job)) - _TRANSIENT

@@ -1,24 +1,29 @@
-"""The download manager: jobs as asyncio tasks, scheduled, shared, persisted and fanned out.
+"""The download manager: jobs claimed from the store and run as asyncio tasks, here.
 
 Life of a job:
 
-    submit()  -> queued (stored)  -> a free slot: a Transfer starts download_model()
-                                     the same source already moving: the job follows that Transfer
+    submit()  -> queued, in the store -> the scheduler claims it (store.claim, with a lease)
+                 a free slot: a Transfer starts download_model()
+                 the same source already moving here: the job follows that Transfer
     progress items -> every following job -> events to subscribers (coalesced) -> store (throttled)
     final item -> completed / failed / cancelled; an engine waiting for the file is created
     pause / cancel -> the job leaves its Transfer at once; a Transfer nobody follows is stopped
-                      in the background (pause keeps the partial data, cancel deletes it)
-    restart -> unfinished jobs are queued again and resume from their partial data
+                      in the background (pause keeps the partial data, cancel deletes it).
+                      A job running on another replica gets the request through the store.
+    restart, or a replica that died -> its unfinished jobs are claimed again (once the lease
+                 has expired, for another replica) and resume from their partial data
     retention -> finished jobs are pruned after `retention_seconds`
 
-At most `max_active_jobs` transfers run at once; transfers that write the same files (same
-provider and model) never run at the same time.
+The store is the truth; `jobs` is this replica's view of it: the jobs it runs, kept current
+here, and every other job, kept current by the store's change feed (feed.py).
+
+At most `max_active_jobs` transfers run at once on this replica; transfers that write the same
+files (same provider and model) never run at the same time, on any replica.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -46,15 +51,17 @@ from ..transfer._http import USER_AGENT
 from . import jobs as J
 from .engines import EngineRegistry, EngineRequest, UnsupportedModel
 from .errors import ApiError, bad_request, not_found
+from .feed import ChangeFeed
 from .jobs import Job, now_ms
 from .logs import SECRETS
 from .security import PolicyResolver, UrlRefused, address_check, check_url, policy_trace, resolve_inside, valid_id
-from .store import JobStore
+from .store import JobStore, StoreError
 
 log = logging.getLogger("modelpull.server")
 
 PUBLISH_INTERVAL = 0.25  # progress events at most this often per job
-SAVE_INTERVAL = 1.0  # progress written to the store at most this often
+SAVE_INTERVAL = 0.5  # progress written to the store at most this often (2 writes/s per job)
+CLAIM_INTERVAL = 1.0  # a replica looks for work at least this often (a shared store's queue)
 SUBSCRIBER_QUEUE = 1000  # events a slow SSE client may lag behind before it is dropped
 # Options that change how bytes move, not which bytes: jobs differing only in these share a transfer.
 _TUNING_OPTIONS = frozenset(TransferOptions.NAMES) - {"sha256"}
@@ -119,7 +126,6 @@ class DownloadManager:
         self.store = store
         self.engines = engines
         self.jobs: dict[str, Job] = {}
-        self._queue: collections.deque[str] = collections.deque()
         self._transfers: dict[str, Transfer] = {}  # source_key -> running transfer (not stopping)
         self._locks: dict[str, Transfer] = {}  # lock_key -> transfer holding the files
         self._running: set[Transfer] = set()  # every transfer whose task has not ended
@@ -127,8 +133,9 @@ class DownloadManager:
         self._seq = 0
         self._session: aiohttp.ClientSession | None = None
         self._wire: Wire | None = None
-        # One thread writes to the store, in submission order.
-        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelpull-store")
+        self._wake = asyncio.Event()  # something to claim, maybe
+        self._claiming = asyncio.Lock()
+        self.feed = ChangeFeed(self)
         self._background: list[asyncio.Task] = []
         self._closing = False
         self.started = time.time()
@@ -147,26 +154,15 @@ class DownloadManager:
             limit_per_host=self.settings.max_connections_per_host,
             check=address_check(self.settings.allow_private_urls, allowed),
         )
-        for record in self.store.load_jobs():
-            try:
-                job = Job.from_record(record)
-            except (TypeError, KeyError):
-                log.warning("skipping an unreadable stored job", extra={"record_id": record.get("id")})
-                continue
-            self.jobs[job.id] = job
-            if job.status in (J.QUEUED, J.DOWNLOADING, J.VERIFYING):
-                job.set_status(J.QUEUED, "Queued: resuming after a server restart", phase="queued")
-                self._queue.append(job.id)
-        self._refresh_shared()
-        self._save([j for j in self.jobs.values() if j.unsaved])
-        resumed = len(self._queue)
-        if resumed:
-            log.info("resuming unfinished downloads", extra={"count": resumed})
+        for record in await self.store.load_jobs():
+            self._merge(record)
         self._background = [
+            asyncio.create_task(self._schedule_loop(), name="modelpull:schedule"),
             asyncio.create_task(self._flush_loop(), name="modelpull:flush"),
             asyncio.create_task(self._prune_loop(), name="modelpull:prune"),
+            asyncio.create_task(self._heartbeat_loop(), name="modelpull:heartbeat"),
+            asyncio.create_task(self.feed.follow(), name="modelpull:feed"),
         ]
-        self._schedule()
 
     async def close(self) -> None:
         """Stop transfers keeping their partial data; unfinished jobs resume on the next start."""
@@ -178,8 +174,11 @@ class DownloadManager:
                 transfer.task.cancel()
         tasks = [t.task for t in self._running if t.task is not None]
         await asyncio.gather(*tasks, *self._background, return_exceptions=True)
-        self._save([j for j in self.jobs.values() if j.unsaved])
-        self._writer.shutdown(wait=True)
+        # Release what ran here: another replica (or this one, restarted) takes it over at once.
+        mine = [self.jobs[i] for t in self._running for i in t.job_ids if i in self.jobs]
+        self._save([j for j in self.jobs.values() if j.unsaved] + mine, release=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.store.flush(), 5)
         for subscriber in list(self._subscribers):
             subscriber.close()
         for job in self.jobs.values():
@@ -275,7 +274,7 @@ class DownloadManager:
                 raise ApiError(409, f"A download with id '{job_id}' is already {existing.status}", param="id",
                                code="download_id_exists")
         job = self._new_job(job_id or _new_id(), name, model, options, token or None, base_url or None, None)
-        self._enqueue(job)
+        await self._enqueue(job)
         return job
 
     async def _checked_options(self, name: str, source: Any, options: dict[str, Any]) -> dict[str, Any]:
@@ -345,14 +344,25 @@ class DownloadManager:
         self.jobs[job_id] = job
         return job
 
-    def _enqueue(self, job: Job) -> None:
-        ahead = sum(1 for i in self._queue if i in self.jobs and self.jobs[i].status == J.QUEUED)
+    async def _enqueue(self, job: Job) -> None:
+        """Queue the job in the store (any replica may claim it), then look for work."""
+        ahead = sum(1 for j in self.jobs.values() if j.status == J.QUEUED and j is not job)
         job.set_status(J.QUEUED, f"Queued: {ahead} download{'s' if ahead != 1 else ''} ahead" if ahead else "Queued",
                        phase="queued")
-        self._queue.append(job.id)
-        self._save([job])
+        try:
+            # A token is never stored: a job that needs one stays with the replica holding it.
+            await self.store.add_job(job.to_record(), owned=job.token is not None)
+        except StoreError as exc:
+            job.set_status(J.FAILED, f"Not queued: {exc}", phase="error")
+            job.error_code = "store_unavailable"
+            raise ApiError(503, f"The job store is unavailable: {exc}", code="store_unavailable") from None
+        job.unsaved = False
         self._publish(job)
-        self._schedule()
+        # Claim at once: a job of a source moving here follows it before the answer goes out.
+        try:
+            await self._claim_work()
+        except StoreError:
+            self._schedule()
 
     # ------------------------------------------------------------------ engines
 
@@ -404,7 +414,7 @@ class DownloadManager:
         else:
             kind_of_start = "started"
         job = self._new_job(request.engine_id, provider, model, options, request.token, None, request)
-        self._enqueue(job)
+        await self._enqueue(job)
         return EngineAddResult(kind_of_start, job=job)
 
     async def _create_engine_now(self, request: EngineRequest, path: Path, download_id: str | None) -> dict[str, Any]:
@@ -434,11 +444,20 @@ class DownloadManager:
 
     # ------------------------------------------------------------------ control
 
-    def cancel(self, job_id: str) -> str:
+    async def cancel(self, job_id: str) -> str:
         """Cancel a job now; returns its previous status. ApiError 400 if it had already ended."""
         job = self.get(job_id)
         if job.final:
             raise bad_request(f"Cannot cancel download. Current status: {job.status}", None, "download_finished")
+        previous = job.status
+        if await self._sent_to_owner(job, "cancel"):
+            return previous
+        if job.final:  # it ended while the store answered
+            raise bad_request(f"Cannot cancel download. Current status: {job.status}", None, "download_finished")
+        self._cancel_here(job)
+        return previous
+
+    def _cancel_here(self, job: Job) -> None:
         previous = job.status
         transfer = self._transfer_of(job)
         if transfer is not None:
@@ -448,15 +467,22 @@ class DownloadManager:
         job.set_status(J.CANCELLED, "Download cancelled", phase="cancelled")
         self._finish(job)
         self._schedule()
-        return previous
 
-    def pause(self, job_id: str) -> bool:
+    async def pause(self, job_id: str) -> bool:
         """Pause at once (the transfer stops in the background). False when already paused."""
         job = self.get(job_id)
         if job.final:
             raise bad_request(f"Cannot pause download. Current status: {job.status}", None, "download_finished")
         if job.status == J.PAUSED:
             return False
+        if await self._sent_to_owner(job, "pause"):
+            return True
+        if job.final or job.status == J.PAUSED:
+            return False
+        self._pause_here(job)
+        return True
+
+    def _pause_here(self, job: Job) -> None:
         transfer = self._transfer_of(job)
         if transfer is not None:
             self._detach(job, transfer, discard=False)
@@ -464,9 +490,27 @@ class DownloadManager:
         self._save([job])
         self._publish(job)
         self._schedule()
-        return True
 
-    def resume(self, job_id: str, token: str | None = None) -> bool:
+    async def _sent_to_owner(self, job: Job, action: str) -> bool:
+        """True when another replica runs the job and got the request through the store."""
+        if self._runs_here(job):
+            return False
+        try:
+            return await self.store.request_control(job.id, action)
+        except StoreError as exc:
+            raise ApiError(503, f"The job store is unavailable: {exc}", code="store_unavailable") from None
+
+    def apply_control(self, job_id: str, action: str) -> None:
+        """A pause or cancel another replica asked for a job running here."""
+        job = self.jobs.get(job_id)
+        if job is None or job.final:
+            return
+        if action == "cancel":
+            self._cancel_here(job)
+        elif action == "pause" and job.status != J.PAUSED:
+            self._pause_here(job)
+
+    async def resume(self, job_id: str, token: str | None = None) -> bool:
         """Queue a paused (or failed) job again. False when it is already queued or running."""
         job = self.get(job_id)
         if job.status in (J.COMPLETED, J.CANCELLED):
@@ -478,10 +522,10 @@ class DownloadManager:
         if job.status not in (J.PAUSED, J.FAILED):
             return False
         job.reset_for_retry()
-        self._enqueue(job)
+        await self._enqueue(job)
         return True
 
-    def cancel_all(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    async def cancel_all(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
         cancelled, skipped, total = [], [], 0
         for job in list(self.jobs.values()):
             total += 1
@@ -489,13 +533,21 @@ class DownloadManager:
                 skipped.append({"model_id": job.id, "status": job.status,
                                 "reason": "Already completed, failed, or cancelled"})
                 continue
-            previous = self.cancel(job.id)
+            try:
+                previous = await self.cancel(job.id)
+            except ApiError as exc:  # it ended meanwhile
+                skipped.append({"model_id": job.id, "status": job.status, "reason": exc.message})
+                continue
             cancelled.append({"model_id": job.id, "previous_status": previous, "cancelled_at": now_ms()})
         return cancelled, skipped, total
 
     def _transfer_of(self, job: Job) -> Transfer | None:
         transfer = self._transfers.get(job.source_key)
         return transfer if transfer is not None and job.id in transfer.job_ids else None
+
+    def _runs_here(self, job: Job) -> bool:
+        """The job is this replica's to change: it runs here, or waits here holding its token."""
+        return self._transfer_of(job) is not None or (job.status == J.QUEUED and job.token is not None)
 
     def _detach(self, job: Job, transfer: Transfer, *, discard: bool) -> None:
         transfer.job_ids.remove(job.id)
@@ -516,23 +568,89 @@ class DownloadManager:
     # ------------------------------------------------------------------ scheduling
 
     def _schedule(self) -> None:
+        """Look for work soon (a slot freed, a job queued)."""
+        self._wake.set()
+
+    async def _schedule_loop(self) -> None:
+        interval = CLAIM_INTERVAL if self.store.shared else 5 * CLAIM_INTERVAL
+        while not self._closing:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+            try:
+                await self._claim_work()
+            except StoreError as exc:
+                log.warning("cannot claim work: the store is unavailable", extra={"reason": str(exc)})
+                await asyncio.sleep(interval)
+
+    async def _claim_work(self) -> None:
+        """Claim queued jobs (and jobs of a replica that died) from the store, and run them."""
+        async with self._claiming:  # one claim at a time: a claim sees the one before it started jobs
+            await self._claim_locked()
+
+    async def _claim_locked(self) -> None:
         if self._closing:
             return
-        kept: collections.deque[str] = collections.deque()
-        while self._queue:
-            job_id = self._queue.popleft()
-            job = self.jobs.get(job_id)
-            if job is None or job.status != J.QUEUED or job_id in kept:
+        await self.store.flush()  # this replica's own changes first (a pause, a release)
+        free = max(0, self.settings.max_active_jobs - len(self._running))
+        records = await self.store.claim(free, set(self._locks), set(self._transfers))
+        released, resumed = [], []
+        for record in records:
+            job = self._merge(record, claimed=True)
+            if self._closing or job is None or job.status not in (J.QUEUED, J.DOWNLOADING, J.VERIFYING):
+                if job is not None:
+                    released.append(job)
                 continue
             transfer = self._transfers.get(job.source_key)
             if transfer is not None:
                 self._attach(job, transfer)
-                continue
-            if len(self._running) >= self.settings.max_active_jobs or job.lock_key in self._locks:
-                kept.append(job_id)
-                continue
-            self._start_transfer(job)
-        self._queue = kept
+            elif len(self._running) < self.settings.max_active_jobs and job.lock_key not in self._locks:
+                if job.status != J.QUEUED:  # it was running when its replica stopped
+                    resumed.append(job.id)
+                self._start_transfer(job)
+            else:
+                released.append(job)
+        self._save(released, release=True)
+        if resumed:
+            log.info("resuming unfinished downloads", extra={"count": len(resumed), "job_ids": resumed[:20]})
+
+    def _merge(self, record: dict[str, Any], *, claimed: bool = False) -> Job | None:
+        """Bring the store's record of a job into `jobs` (in place: streams hold the object).
+
+        A job running here is this replica's to change: the store's copy is older. A change made
+        here and not yet written (newer `updated_at`) wins over a claimed record too."""
+        job = self.jobs.get(record.get("id", ""))
+        if job is None:
+            try:
+                job = Job.from_record(record)
+            except (TypeError, KeyError):
+                log.warning("skipping an unreadable stored job", extra={"record_id": record.get("id")})
+                return None
+            self.jobs[job.id] = job
+            return job
+        if self._transfer_of(job) is not None or job.updated_at > record.get("updated_at", 0):
+            return job
+        job.merge_record(record)
+        return job
+
+    # ------------------------------------------------------------------ other replicas' changes
+
+    def job_changed_elsewhere(self, record: dict[str, Any]) -> None:
+        """The change feed brought a job's new record: show it, and claim it if it is queued."""
+        known = record.get("id") in self.jobs
+        job = self._merge(record)
+        if job is None or self._transfer_of(job) is not None:
+            return
+        if not known or job.dirty:
+            self._publish(job)
+        if job.status == J.QUEUED:
+            self._schedule()
+
+    def job_removed_elsewhere(self, job_id: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or self._transfer_of(job) is not None:
+            return
+        self._forget([job])
 
     def _attach(self, job: Job, transfer: Transfer) -> None:
         transfer.job_ids.append(job.id)
@@ -732,24 +850,42 @@ class DownloadManager:
 
     # ------------------------------------------------------------------ background
 
-    def _save(self, jobs: list[Job]) -> None:
-        """Write these jobs to the store, on the writer thread: a commit (and SQLite's occasional
-        checkpoint, which syncs the disk) never stalls the event loop that answers requests."""
+    def _save(self, jobs: list[Job], *, release: bool = False) -> None:
+        """Write these jobs to the store, without waiting (the store orders its writes).
+
+        Jobs running here stay claimed by this replica; the others (and all, on `release`) are
+        released for any replica to claim."""
         if not jobs:
             return
+        jobs = list({j.id: j for j in jobs}.values())
+        owned = () if release else [j.id for j in jobs if self._runs_here(j)]
         records = [j.to_record() for j in jobs]
         for job in jobs:
             job.unsaved = False
-        self._write(self.store.save_jobs, records)
+        self.store.save_jobs(records, owned)
 
-    def _write(self, method: Any, *args: Any) -> None:
-        def run() -> None:
-            try:
-                method(*args)
-            except Exception:
-                log.exception("could not write to the store")
+    async def _heartbeat_loop(self) -> None:
+        """Renew this replica's leases; stop what another replica took over; apply the pauses and
+        cancels other replicas asked for."""
+        while True:
+            await asyncio.sleep(self.store.lease_seconds / 3)
+            await self.heartbeat()
 
-        self._writer.submit(run)
+    async def heartbeat(self) -> None:
+        running = {i for t in self._transfers.values() for i in t.job_ids}
+        try:
+            owned, controls = await self.store.heartbeat()
+        except StoreError as exc:
+            log.warning("cannot renew leases: the store is unavailable", extra={"reason": str(exc)})
+            return
+        for job_id in running - owned:
+            job = self.jobs.get(job_id)
+            transfer = self._transfer_of(job) if job is not None else None
+            if transfer is not None:  # our lease expired and another replica claimed it
+                log.warning("a download was taken over by another replica", extra={"job_id": job_id})
+                self._detach(job, transfer, discard=False)
+        for job_id, action in controls:
+            self.apply_control(job_id, action)
 
     async def _flush_loop(self) -> None:
         """Publish coalesced progress and write it to the store, a few times a second."""
@@ -777,16 +913,17 @@ class DownloadManager:
         expired = [j for j in self.jobs.values() if j.final and (j.finished_at or 0) <= cutoff]
         if not expired:
             return []
-        ids = [j.id for j in expired]
-        for job in expired:
+        self.store.delete_jobs([j.id for j in expired])
+        return self._forget(expired)
+
+    def _forget(self, jobs: list[Job]) -> list[str]:
+        for job in jobs:
             del self.jobs[job.id]
             SECRETS.discard(job.token)
             for subscriber in list(job.subscribers):
                 subscriber.close()
-        self._write(self.store.delete_jobs, ids)
-        for job_id in ids:
-            self._broadcast("job-removed", json.dumps({"id": job_id}))
-        return ids
+            self._broadcast("job-removed", json.dumps({"id": job.id}))
+        return [j.id for j in jobs]
 
 
 # ---------------------------------------------------------------------- helpers
