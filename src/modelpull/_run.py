@@ -18,6 +18,8 @@ from .transfer import FileProgress, Wire, check_disk_space, existing_ancestor, f
 if TYPE_CHECKING:
     import aiohttp
 
+    from .transfer._policy import AddressCheck
+
     from .providers import Provider
 
 TICK_SECONDS = 0.1  # progress items at most ten times a second
@@ -73,6 +75,11 @@ class RunContext:
             self._wire = Wire(connect_timeout=self.transfer.connect_timeout, limit_per_host=limit)
             self._owned.append(self._wire)
         return self._wire
+
+    @property
+    def address_policy(self) -> "AddressCheck | None":
+        """The URL policy the caller's wire carries (the server's), for clients other than the wire."""
+        return self._wire.check if self._wire is not None else None
 
     @property
     def session(self) -> "aiohttp.ClientSession":

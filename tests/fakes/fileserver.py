@@ -228,7 +228,7 @@ class FileServer(BackgroundServer):
             self._files[self._key(path)].replace(bytes(data))
 
     def add_redirect(self, path: str, to_url: str, code: int = 302) -> str:
-        """A permanent redirect route; returns its URL."""
+        """A permanent redirect route, for every method; returns its URL."""
         with self._lock:
             self._redirects[self._key(path)] = (to_url, code)
         return self.url(path)
@@ -308,12 +308,14 @@ class FileServer(BackgroundServer):
     async def _answer(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
         key = self._key(request.raw_path)
         method = request.method
-        if method not in ("GET", "HEAD"):
-            record.status = 405
-            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
         with self._lock:
             redirect = self._redirects.get(key)
             entry = self._files.get(key)
+        if method not in ("GET", "HEAD"):
+            if redirect is not None:  # a redirect route answers every method (a POST too)
+                return self._redirect(record, *redirect)
+            record.status = 405
+            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
         fault = self._take_fault(key, method, ranged="Range" in request.headers)
         if fault is not None:
             record.fault = fault.kind

@@ -50,13 +50,12 @@ from .._errors import (
 from .._paths import UnsafeName, git_sha1_hex, relative_parts, sha256_hex, shown_name
 from .._plan import DownloadRequest, Plan, PlannedFile, TransferOptions
 from ..transfer._http import retry_after_seconds
+from ..transfer._policy import AddressCheck, AddressRefused
 from ._base import Provider
+from ._hub_http import hub_http as _hub_http
+from ._hub_http import use_policy
 from ._hf_cache import HubCache, LocalDir, RepoFile, default_cache_dir
 
-try:  # the HTTP client of huggingface_hub 2.x; 1.x used httpx
-    import httpx2 as _hub_http
-except ImportError:  # pragma: no cover
-    import httpx as _hub_http  # type: ignore[no-redef]
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 REPO_TYPES = ("model", "dataset")
@@ -121,7 +120,7 @@ class HuggingFaceProvider(Provider):
 
     async def plan(self, request: DownloadRequest, context: Any) -> Plan:
         target = self.target(request)
-        listing = await HubClient(target, request.transfer).listing()
+        listing = await HubClient(target, request.transfer, context.address_policy).listing()
         self.check_listing(target, listing.files)
         selected = select_files(target, listing, request.options)
         # One file asked for by name: report that file's path, as hf_hub_download returns it.
@@ -138,8 +137,12 @@ class HuggingFaceProvider(Provider):
         revision = options.get("revision") or "main"
         if not isinstance(revision, str) or ".." in revision.split("/") or revision.startswith("/"):
             raise InvalidRequest(f"invalid revision {revision!r}")
-        endpoint = (request.base_url or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-        token = request.token or os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+        configured = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+        endpoint = (request.base_url or configured).rstrip("/")
+        # The environment's token belongs to the environment's Hub: a base_url chosen by someone
+        # else (an API client of the server) never receives it; its own token= still goes.
+        ambient = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+        token = request.token or (ambient if endpoint == configured else None)
         local_dir = options.get("local_dir")
         cache_dir = options.get("cache_dir")
         return HubTarget(
@@ -235,9 +238,10 @@ def select_files(target: HubTarget, listing: RepoListing, options: dict[str, Any
 class HubClient:
     """`huggingface_hub.HfApi` off the event loop: 429s and 5xx retried, errors made readable."""
 
-    def __init__(self, target: HubTarget, transfer: TransferOptions) -> None:
+    def __init__(self, target: HubTarget, transfer: TransferOptions, policy: AddressCheck | None = None) -> None:
         self.target = target
         self.transfer = transfer
+        self.policy = policy  # the server's URL policy, asked on every connection huggingface_hub opens
         # token=False: send exactly the token modelpull resolved, never one from ~/.cache/huggingface.
         self.api = HfApi(endpoint=target.endpoint, token=target.token or False, library_name="modelpull")
         self.timeout = max(transfer.connect_timeout, 10.0)
@@ -275,7 +279,8 @@ class HubClient:
         failures = 0
         while True:
             try:
-                return await asyncio.to_thread(function, *args, **kwargs)
+                with use_policy(self.policy):
+                    return await asyncio.to_thread(function, *args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - every failure is mapped or retried below
                 failures += 1
                 delay = self._retry_delay(exc, failures)
@@ -346,6 +351,9 @@ class HubClient:
             return ConnectionFailed(
                 f"Cannot connect to Hugging Face Hub at {target.endpoint}: HF_HUB_OFFLINE is set",
                 code="hub_unreachable")
+        if isinstance(exc, AddressRefused):
+            return ModelPullError(f"{exc} (the Hugging Face Hub at {target.endpoint}, or a redirect from it)",
+                                  code="url_not_allowed")
         if isinstance(exc, (_hub_http.TransportError, OSError)):
             return ConnectionFailed(f"Cannot connect to Hugging Face Hub at {target.endpoint} ({_reason(exc)})",
                                     code="hub_unreachable")

@@ -420,8 +420,9 @@ class _ServerPull:
     async def run(self) -> AsyncIterator[DownloadProgress]:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.context.transfer.connect_timeout)
         try:
-            response = await self.context.session.post(
-                f"{self.server}/api/pull", json={"model": self.model, "stream": True}, timeout=timeout
+            response, _ = await open_following_redirects(
+                self.context.session, f"{self.server}/api/pull", {}, method="POST",
+                json={"model": self.model, "stream": True}, timeout=timeout,
             )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise _Unreachable() from exc
@@ -546,7 +547,9 @@ class _ServerPull:
         # Both fields: older servers read only `name`; newer ones read `model` first.
         body = {"model": self.model, "name": self.model}
         try:
-            async with self.context.session.post(f"{self.server}/api/show", json=body, timeout=timeout) as response:
+            response, _ = await open_following_redirects(
+                self.context.session, f"{self.server}/api/show", {}, method="POST", json=body, timeout=timeout)
+            async with response:
                 if response.status != 200:
                     return None, f"POST /api/show answered HTTP {response.status}"
                 answer = json.loads(await response.read())

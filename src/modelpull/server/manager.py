@@ -47,14 +47,15 @@ from .._settings import Settings
 from ..providers import canonical_name, get_provider
 from ..providers.url import is_downloaded_from, suggest_filename
 from ..transfer import Wire, partial_paths, remove_partial
-from ..transfer._http import USER_AGENT
+from ..transfer._aiohttp import new_session
+from ..transfer._policy import UrlPolicy
 from . import jobs as J
 from .engines import EngineRegistry, EngineRequest, UnsupportedModel
 from .errors import ApiError, bad_request, not_found
 from .feed import ChangeFeed
 from .jobs import Job, now_ms
 from .logs import SECRETS
-from .security import PolicyResolver, UrlRefused, address_check, check_url, policy_trace, resolve_inside, valid_id
+from .security import UrlRefused, check_url, resolve_inside, valid_id
 from .store import JobStore, StoreError
 
 log = logging.getLogger("modelpull.server")
@@ -131,6 +132,9 @@ class DownloadManager:
         self._running: set[Transfer] = set()  # every transfer whose task has not ended
         self._subscribers: set[Subscriber] = set()  # /events
         self._seq = 0
+        # One URL policy for every connection made on a client's behalf: the submit check, the
+        # wire, the aiohttp session and (through the wire) the Hub client.
+        self.policy = UrlPolicy(settings.allow_private_urls, _configured_hosts())
         self._session: aiohttp.ClientSession | None = None
         self._wire: Wire | None = None
         self._wake = asyncio.Event()  # something to claim, maybe
@@ -148,12 +152,8 @@ class DownloadManager:
 
     async def start(self) -> None:
         self.models_dir.mkdir(parents=True, exist_ok=True)
-        self._session = self._new_session()
-        allowed = _configured_hosts()
-        self._wire = Wire(
-            limit_per_host=self.settings.max_connections_per_host,
-            check=address_check(self.settings.allow_private_urls, allowed),
-        )
+        self._session = new_session(limit_per_host=self.settings.max_connections_per_host, policy=self.policy)
+        self._wire = Wire(limit_per_host=self.settings.max_connections_per_host, check=self.policy)
         for record in await self.store.load_jobs():
             self._merge(record)
         self._background = [
@@ -188,21 +188,6 @@ class DownloadManager:
             await self._session.close()
         if self._wire is not None:
             self._wire.close()
-
-    def _new_session(self) -> aiohttp.ClientSession:
-        allowed = _configured_hosts()
-        resolver = PolicyResolver(self.settings.allow_private_urls, allowed)
-        connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=self.settings.max_connections_per_host, ttl_dns_cache=300, resolver=resolver,
-        )
-        return aiohttp.ClientSession(
-            connector=connector,
-            trust_env=True,
-            auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-            trace_configs=[policy_trace(self.settings.allow_private_urls, allowed)],
-        )
 
     # ------------------------------------------------------------------ queries
 
@@ -315,7 +300,7 @@ class DownloadManager:
         try:
             if not require_path and urlsplit(url).path in ("", "/"):
                 url = url.rstrip("/") + "/x"
-            await check_url(url, self.settings.allow_private_urls)
+            await check_url(url, self.policy)
         except UrlRefused as exc:
             raise ApiError(422, str(exc), param=param, code=exc.code) from None
 
@@ -956,9 +941,11 @@ def _model_path_kind(model_path: str) -> str:
 
 
 def _configured_hosts() -> list[tuple[str, int]]:
-    """Hosts the operator configured (a local Ollama, proxies): reachable whatever the URL policy."""
+    """Hosts the operator configured (a local Ollama, the Hub endpoint, proxies): reachable
+    whatever the private-address rule says (never when they are metadata services)."""
     hosts: list[tuple[str, int]] = [("localhost", 11434), ("127.0.0.1", 11434), ("::1", 11434)]
-    for name in ("OLLAMA_HOST", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+    for name in ("OLLAMA_HOST", "HF_ENDPOINT", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
+                 "ALL_PROXY", "all_proxy"):
         value = os.environ.get(name)
         if not value:
             continue

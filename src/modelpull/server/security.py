@@ -1,36 +1,25 @@
 """What the server refuses: bad ids, URLs to places it must not reach, paths outside the models
 dir, requests without the API key, and tokens in logs.
 
-The URL policy is enforced twice: on the URL a client submits (a clear 422 at once), and in the
-resolver of the shared HTTP session, so a redirect or a DNS answer that points at a refused
-address fails the download too.
+The URL policy itself (`transfer/_policy.py`) is asked twice: here, on the URL a client submits
+(a clear 422 at once), and by every HTTP client the server uses, on the address each connection
+goes to, so a redirect or a DNS answer that points at a refused address fails the download too.
 """
 from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import re
-import socket
 from pathlib import Path
 from typing import Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
+from ..transfer._policy import UnknownHost, UrlPolicy, host_refusal, parse_address, resolve
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 # Query parameters whose values are secrets, redacted in access logs.
 SECRET_PARAMS = frozenset({"token", "auth_token", "access_token", "api_key", "key", "hf_token"})
-
-# Cloud metadata services: refused even when private addresses are allowed.
-_METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "metadata.azure.internal"})
-_METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(a)
-    for a in ("169.254.169.254", "169.254.170.2", "100.100.100.200", "fd00:ec2::254", "168.63.129.16")
-)
 
 
 class UrlRefused(ValueError):
@@ -62,24 +51,6 @@ def api_key_matches(expected: str, authorization: str | None, query_key: str | N
 # ------------------------------------------------------------------------------ URL policy
 
 
-def address_refusal(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_private: bool) -> str | None:
-    """Why `address` may not be contacted, or None when it may."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if address in _METADATA_ADDRESSES:
-        return "it is a cloud metadata service"
-    if address.is_link_local:
-        return "it is a link-local address"
-    if address.is_unspecified or address.is_multicast or address.is_reserved:
-        return "it is not a routable unicast address"
-    if not allow_private and (address.is_loopback or address.is_private):
-        return (
-            "it is a loopback or private network address (set MODELPULL_ALLOW_PRIVATE_URLS=1 "
-            "or --allow-private-urls to allow them)"
-        )
-    return None
-
-
 def check_url_syntax(url: str) -> tuple[str, int]:
     """(host, port) of an http(s) URL; UrlRefused (code invalid_model_url) when malformed."""
     try:
@@ -104,105 +75,30 @@ def check_url_syntax(url: str) -> tuple[str, int]:
     return host, port or (443 if parts.scheme.lower() == "https" else 80)
 
 
-async def check_url(url: str, allow_private: bool) -> None:
-    """Refuse URLs that are malformed or point at addresses the policy forbids (resolving DNS)."""
+async def check_url(url: str, policy: UrlPolicy) -> None:
+    """Refuse, before a job exists, URLs that are malformed, name a host DNS does not know
+    (code unknown_host), or lead to an address the policy forbids.
+
+    This is the early, clear answer; the policy is asked again at every connection (the address
+    a name resolves to then, every redirect hop), which is what stops DNS rebinding.
+    """
     host, port = check_url_syntax(url)
-    check_host_name(host)
-    addresses = await _resolve_all(host, port)
+    reason = host_refusal(host)
+    if reason:
+        raise UrlRefused(f"Refusing to download from '{host}': {reason}")
+    literal = parse_address(host)
+    if literal is not None:
+        addresses = [str(literal)]
+    else:
+        try:
+            infos = await asyncio.to_thread(resolve, host, port)
+        except UnknownHost as exc:
+            raise UrlRefused(f"Cannot download from {exc} (if DNS is down, retry later)", "unknown_host") from None
+        addresses = [info[4][0] for info in infos]
     for address in addresses:
-        reason = address_refusal(address, allow_private)
+        reason = policy(host, port, address)
         if reason:
             raise UrlRefused(f"Refusing to download from '{host}': {reason}")
-
-
-def check_host_name(host: str) -> None:
-    if host.lower().rstrip(".") in _METADATA_HOSTS:
-        raise UrlRefused(f"Refusing to download from '{host}': it is a cloud metadata service")
-
-
-async def _resolve_all(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    try:
-        return [ipaddress.ip_address(host.strip("[]"))]
-    except ValueError:
-        pass
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        # An unresolvable host is not a policy question: the download reports it clearly.
-        return []
-    return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
-
-
-def address_check(allow_private: bool, always_allowed: Iterable[tuple[str, int]] = ()):
-    """The policy as the transfer wire asks it: (host, port, address) -> why not, or None."""
-    allowed = {(h.lower(), p) for h, p in always_allowed}
-
-    def check(host: str, port: int, address: str) -> str | None:
-        if host.lower().rstrip(".") in _METADATA_HOSTS:
-            return "it is a cloud metadata service"
-        permitted = allow_private or (host.lower(), port) in allowed
-        return address_refusal(ipaddress.ip_address(address.split("%")[0]), permitted)
-
-    return check
-
-
-class PolicyResolver(AbstractResolver):
-    """aiohttp resolver that drops addresses the URL policy refuses (redirects, DNS rebinding).
-
-    `always_allowed` holds (host, port) pairs the server itself was configured to reach (a local
-    Ollama server), allowed whatever the private-address policy says.
-    """
-
-    def __init__(self, allow_private: bool, always_allowed: Iterable[tuple[str, int]] = ()) -> None:
-        self._inner = DefaultResolver()
-        self._check = address_check(allow_private, always_allowed)
-
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        check_host_name(host)
-        results = await self._inner.resolve(host, port, family)
-        kept = []
-        reasons = []
-        for result in results:
-            reason = self._check(host, port, result["host"])
-            if reason:
-                reasons.append(reason)
-            else:
-                kept.append(result)
-        if not kept:
-            raise AddressRefused(f"Refusing to connect to '{host}': {reasons[0] if reasons else 'no address'}")
-        return kept
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
-class AddressRefused(aiohttp.ClientConnectionError):
-    """A connection the URL policy forbids (after a redirect, or a DNS answer)."""
-
-
-def policy_trace(allow_private: bool, always_allowed: Iterable[tuple[str, int]] = ()) -> aiohttp.TraceConfig:
-    """Checks every request's URL before it is sent: IP literals never reach the resolver."""
-    check = address_check(allow_private, always_allowed)
-
-    async def on_request_start(session, context, params) -> None:
-        host = (params.url.host or "").strip("[]")
-        port = params.url.port or 0
-        try:
-            check_host_name(host)
-        except UrlRefused as exc:
-            raise AddressRefused(str(exc)) from None
-        try:
-            ipaddress.ip_address(host.split("%")[0])
-        except ValueError:
-            return  # a name: PolicyResolver checks what it resolves to
-        reason = check(host, port, host)
-        if reason:
-            raise AddressRefused(f"Refusing to connect to {host}: {reason}")
-
-    trace = aiohttp.TraceConfig()
-    trace.on_request_start.append(on_request_start)
-    return trace
 
 
 # ------------------------------------------------------------------------------ paths
@@ -237,6 +133,16 @@ def redact_query(query: str) -> str:
     pairs = parse_qsl(query, keep_blank_values=True)
     redacted = [(k, "***" if k.lower() in SECRET_PARAMS else v) for k, v in pairs]
     return urlencode(redacted, safe="/:*")
+
+
+_URL_IN_TEXT = re.compile(r"(?i)\b(https?://)([^\s/?#@]*@)?([^\s?#]*)(\?[^\s#]*)?")
+
+
+def redact_urls(text: str) -> str:
+    """`text` with every URL's user info and query string (signatures, tokens) removed."""
+    if "://" not in text:
+        return text
+    return _URL_IN_TEXT.sub(lambda m: m.group(1) + m.group(3), text)
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:

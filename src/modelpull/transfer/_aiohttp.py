@@ -2,22 +2,37 @@
 
 File bodies never go through here: they move on the blocking wire (`_wire.py`). Importing
 aiohttp costs about a quarter of a second, so only the providers that need it import this.
+
+With a URL policy (the server's), the session asks it for every connection: names through
+`PolicyResolver` (the policy's own DNS seam), IP literals before each request. aiohttp's
+automatic redirects would skip the second of those on every later hop, so redirects are
+followed here, one request per hop (`open_following_redirects`).
 """
 from __future__ import annotations
 
-from typing import Mapping
+import asyncio
+import socket
+from typing import Any, Mapping
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from ._http import MAX_REDIRECTS, REDIRECT_STATUSES, USER_AGENT, next_hop, origin, too_many_redirects
+from .._errors import SourceError
+from ._http import MAX_REDIRECTS, REDIRECT_STATUSES, USER_AGENT, next_hop, origin, public_url, too_many_redirects
+from ._policy import AddressCheck, AddressRefused, host_refusal, parse_address, resolve
 
 READ_BUFFER = 1024 * 1024
 
 
-def new_session(*, limit_per_host: int = 0, connect_timeout: float = 30.0) -> aiohttp.ClientSession:
+def new_session(
+    *, limit_per_host: int = 0, connect_timeout: float = 30.0, policy: AddressCheck | None = None
+) -> aiohttp.ClientSession:
     """The session modelpull uses: proxies from the environment, bytes exactly as sent."""
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=limit_per_host, ttl_dns_cache=300)
+    connector = aiohttp.TCPConnector(
+        limit=0, limit_per_host=limit_per_host, ttl_dns_cache=300,
+        resolver=PolicyResolver(policy) if policy is not None else None,
+    )
     return aiohttp.ClientSession(
         connector=connector,
         trust_env=True,  # HTTP(S)_PROXY, NO_PROXY, ~/.netrc
@@ -27,7 +42,58 @@ def new_session(*, limit_per_host: int = 0, connect_timeout: float = 30.0) -> ai
         # makes it stop and start thousands of times a second on a fast link.
         read_bufsize=READ_BUFFER,
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        trace_configs=[_literal_check(policy)] if policy is not None else None,
     )
+
+
+class PolicyResolver(AbstractResolver):
+    """Resolves through the policy's DNS seam and keeps only the addresses it allows."""
+
+    def __init__(self, policy: AddressCheck) -> None:
+        self._policy = policy
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        infos = await asyncio.to_thread(resolve, host, port)
+        kept: list[ResolveResult] = []
+        reasons = []
+        for info_family, _, proto, _, address in infos:
+            if family and info_family != family:
+                continue
+            reason = self._policy(host, port, address[0])
+            if reason:
+                reasons.append(reason)
+                continue
+            kept.append(ResolveResult(hostname=host, host=address[0], port=address[1], family=info_family,
+                                      proto=proto, flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV))
+        if not kept:
+            raise AddressRefused(f"Refusing to connect to '{host}': {reasons[0] if reasons else 'no address'}")
+        return kept
+
+    async def close(self) -> None:
+        pass
+
+
+def _literal_check(policy: AddressCheck) -> aiohttp.TraceConfig:
+    """Checks each request's host before it is sent: IP literals never reach the resolver."""
+
+    async def on_request_start(session: Any, context: Any, params: aiohttp.TraceRequestStartParams) -> None:
+        host = params.url.raw_host or ""
+        literal = parse_address(host)
+        reason = host_refusal(host) if literal is None else policy(host, params.url.port or 0, str(literal))
+        if reason:
+            raise AddressRefused(f"Refusing to connect to '{host}': {reason}")
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_request_start)
+    return trace
+
+
+def refused(exc: BaseException) -> AddressRefused | None:
+    """The policy's refusal inside an aiohttp error (the resolver's is wrapped), if it is one."""
+    if isinstance(exc, AddressRefused):
+        return exc
+    inner = getattr(exc, "os_error", None) or exc.__cause__
+    return inner if isinstance(inner, AddressRefused) else None
 
 
 async def open_following_redirects(
@@ -37,18 +103,28 @@ async def open_following_redirects(
     *,
     timeout: aiohttp.ClientTimeout,
     method: str = "GET",
+    json: Any = None,
 ) -> tuple[aiohttp.ClientResponse, URL]:
-    """GET (or HEAD) `url`, following redirects; credentials are dropped once the origin changes."""
+    """Send `method` to `url`, following redirects one request at a time, each hop checked by the
+    session's policy; credentials are dropped once the origin changes. A 301/302/303 turns a
+    POST into a GET without its body, as browsers do; 307/308 repeat it."""
     current = URL(url)
     first_origin = origin(current)
     sent = dict(headers)
     for _ in range(MAX_REDIRECTS + 1):
-        response = await session.request(method, current, headers=sent, allow_redirects=False, timeout=timeout)
+        try:
+            response = await session.request(method, current, headers=sent, json=json, allow_redirects=False,
+                                             timeout=timeout)
+        except (aiohttp.ClientError, OSError) as exc:
+            refusal = refused(exc)
+            if refusal is None:
+                raise
+            raise SourceError(f"{refusal} (asked for {public_url(current)})", code="url_not_allowed") from None
         if response.status not in REDIRECT_STATUSES:
             return response, current
         location = response.headers.get("Location")
         response.release()
         current, sent = next_hop(current, location, first_origin, sent)
+        if response.status in (301, 302, 303) and method == "POST":
+            method, json = "GET", None
     raise too_many_redirects(url)
-
-

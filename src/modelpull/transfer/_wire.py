@@ -18,19 +18,13 @@ import http.client
 import socket
 import threading
 import urllib.request
-from typing import Callable, Mapping
+from typing import Mapping
 from urllib.parse import unquote, urlsplit
 
 from ._http import USER_AGENT
+from ._policy import AddressCheck, AddressRefused, check_name, connect
 
 _IDLE_PER_HOST = 16
-
-# (host, port, address) -> why that address may not be contacted, or None.
-AddressCheck = Callable[[str, int, str], "str | None"]
-
-
-class AddressRefused(ConnectionError):
-    """The address policy forbids this connection (after a redirect, or a DNS answer)."""
 
 
 class Aborted(ConnectionError):
@@ -135,33 +129,11 @@ def _connect_socket(connection: http.client.HTTPConnection, check: AddressCheck 
     if check is None:
         sock = socket.create_connection((host, port), connection.timeout)
     else:
-        sock = _connect_allowed(host, port, connection.timeout, check)
+        sock = connect(host, port, connection.timeout, check)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     connection.sock = sock
     if connection._tunnel_host:  # type: ignore[attr-defined]
         connection._tunnel()  # type: ignore[attr-defined]
-
-
-def _connect_allowed(host: str, port: int, timeout: float | None, check: AddressCheck) -> socket.socket:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    refusals: list[str] = []
-    last_error: OSError | None = None
-    for family, kind, proto, _, address in infos:
-        reason = check(host, port, address[0])
-        if reason:
-            refusals.append(reason)
-            continue
-        sock = socket.socket(family, kind, proto)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(address)
-            return sock
-        except OSError as exc:
-            sock.close()
-            last_error = exc
-    if last_error is not None:
-        raise last_error
-    raise AddressRefused(f"Refusing to connect to '{host}': {refusals[0] if refusals else 'no address'}")
 
 
 class _Plain(http.client.HTTPConnection):
@@ -283,7 +255,7 @@ class Wire:
         self._take_slot(key, signal)
         try:
             if proxy is not None and self.check is not None:
-                _check_name(host, port, self.check)  # before any connection, and once per request
+                check_name(host, port, self.check)  # before any connection, and once per request
             for attempt in (0, 1):
                 connection, reused = self._connection(key, scheme, host, port, proxy, read_timeout)
                 try:
@@ -386,14 +358,3 @@ def _proxy_authorization(proxy: str) -> dict[str, str]:
     credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
     return {"Proxy-Authorization": "Basic " + base64.b64encode(credentials).decode()}
 
-
-def _check_name(host: str, port: int, check: AddressCheck) -> None:
-    """Through a proxy the target is not connected to here: check what its name resolves to."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return  # the proxy will report an unknown host
-    for *_, address in infos:
-        reason = check(host, port, address[0])
-        if reason:
-            raise AddressRefused(f"Refusing to connect to '{host}': {reason}")
