@@ -50,10 +50,11 @@ class EngineRequest:
     sha256: str | None = None
 
     def creation_info(self) -> dict[str, Any]:
-        """What a waiting download records about the engine it will create (no token)."""
+        """What a waiting download records about the engine it will create (no token, and a
+        URL without its secrets: the job's own `model` keeps what resuming needs)."""
         return {
             "engine_id": self.engine_id,
-            "model_path": self.model_path,
+            "model_path": _shown(self.model_path),
             "load_immediately": self.load_immediately,
             "main_gpu_id": self.main_gpu_id,
             "loading_parameters": self.loading_parameters,

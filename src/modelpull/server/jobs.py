@@ -21,7 +21,7 @@ from typing import Any
 
 from .._progress import DownloadProgress, DownloadStatus
 from ..transfer import public_url
-from .security import redact
+from .security import redact, redact_urls
 
 QUEUED = "queued"
 DOWNLOADING = "downloading"
@@ -111,7 +111,7 @@ class Job:
         changed = status != self.status
         self.status = status
         self.phase = item.status.value
-        self.message = redact(item.message, [self.token])
+        self.message = redact_urls(redact(item.message, [self.token]))
         for name in ("percent", "downloaded_bytes", "total_bytes", "files_completed", "files_total"):
             value = getattr(item, name)
             if value is not None or item.status is DownloadStatus.COMPLETE:
@@ -188,8 +188,16 @@ class Job:
         }
 
     def to_record(self) -> dict[str, Any]:
-        """What the store keeps: everything needed to resume, never the token."""
+        """What the store keeps: everything needed to resume, never the token.
+
+        A signed URL's secrets (`?token=`, `X-Amz-Signature=`, `user:pass@`) are needed to resume,
+        so `model`, `base_url` and `options` keep them; every other field holds the redacted form
+        (`source_key` is a digest). Any store must keep to this.
+        """
         record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _TRANSIENT}
+        for name in _REDACTED_AT_REST:
+            if isinstance(record[name], str):
+                record[name] = redact_urls(record[name])
         return record
 
     def merge_record(self, record: dict[str, Any]) -> None:
@@ -213,6 +221,7 @@ class Job:
         return json.dumps(self.to_json(), separators=(",", ":"))
 
 
+_REDACTED_AT_REST = ("message", "error_message", "local_path", "current_file")
 _TRANSIENT = frozenset({
     "token", "shared_with", "events", "subscribers", "dirty", "unsaved", "last_published", "revision", "view_cache",
 })

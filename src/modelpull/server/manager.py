@@ -26,6 +26,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -920,7 +921,9 @@ def _new_id() -> str:
 
 def _source_key(provider: str, model: str, options: dict[str, Any], base_url: str | None) -> str:
     which = {k: v for k, v in options.items() if k not in _TUNING_OPTIONS}
-    return json.dumps([provider, model, base_url, which], sort_keys=True, default=str)
+    # A digest: the key is stored with the job, and a signed URL's secrets must not be stored twice.
+    key = json.dumps([provider, model, base_url, which], sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _lock_key(provider: str, model: str, options: dict[str, Any]) -> str:

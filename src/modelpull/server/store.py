@@ -25,6 +25,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import os
 import secrets
 import sqlite3
 import time
@@ -228,7 +229,7 @@ class SQLiteJobStore(JobStore):
 
     def _open(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _private_file(self.path)
             db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
         except (OSError, sqlite3.Error) as exc:
@@ -430,3 +431,15 @@ def _hostname() -> str:
     import socket
 
     return socket.gethostname().split(".")[0][:32] or "replica"
+
+
+def _private_file(path: Path) -> None:
+    """Create the database file mode 0600 (its folder 0700 when this makes it) before SQLite opens
+    it: SQLite gives the -wal and -shm files the database's own mode. Signed URLs are kept there."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+        os.chmod(path.parent, 0o700)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if name.exists():
+            os.chmod(name, 0o600)
