@@ -42,6 +42,15 @@ class TransferOptions:
         return dataclasses.replace(base, **overrides)
 
 
+def file_identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of a file, None if there is none: tells a replaced file from the old one."""
+    try:
+        stat = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 @dataclasses.dataclass
 class PlannedFile:
     """One file to bring to `dest`, complete and verified."""
@@ -55,6 +64,13 @@ class PlannedFile:
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)  # origin host only
     present: bool = False  # already on disk and verified: counted as done, not fetched
     exact_size: bool = True  # False: `size` is a hint (a HEAD answer); the transfer's own answer wins
+    lock_path: Path | None = None  # the destination's lock when its layout has one (Hub cache); else beside it
+    # What was at `dest` when the plan was made: a file that appears there later was committed
+    # by another download of the same file (the transfer then fetches nothing).
+    dest_at_plan: tuple[int, int, int] | None = dataclasses.field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.dest_at_plan = file_identity(self.dest)
 
 
 @dataclasses.dataclass

@@ -13,7 +13,15 @@ from ._errors import ModelPullError
 from ._plan import DownloadRequest, Plan, PlannedFile, TransferOptions
 from ._progress import DownloadProgress, DownloadStatus
 from ._units import format_bytes
-from .transfer import FileProgress, Wire, check_disk_space, existing_ancestor, fetch_file, partial_bytes, remove_partial
+from .transfer import (
+    FileProgress,
+    Wire,
+    check_disk_space,
+    discard_partial,
+    existing_ancestor,
+    fetch_file,
+    partial_bytes,
+)
 
 if TYPE_CHECKING:
     import aiohttp
@@ -107,7 +115,7 @@ class RunContext:
     def discard_partials(self) -> None:
         for file in self.planned_files:
             if not file.present:
-                remove_partial(file.dest)
+                discard_partial(file.dest, file.lock_path)
 
     async def execute(self, plan: Plan) -> AsyncIterator[DownloadProgress]:
         """DOWNLOADING / VERIFYING items while the plan's files arrive, then COMPLETE."""

@@ -81,6 +81,10 @@ class HubCache:
     def blob(self, file: RepoFile) -> Path:
         return self._path("blobs", file.etag)
 
+    def lock(self, file: RepoFile) -> Path:
+        """huggingface_hub's lock for this blob: holding it makes `hf download` wait, and us for it."""
+        return self.cache_dir / ".locks" / self.storage.name / f"{file.etag}.lock"
+
     def snapshot(self, commit: str) -> Path:
         return self._path("snapshots", commit)
 
@@ -141,6 +145,10 @@ class LocalDir:
 
     def _metadata_path(self, file: RepoFile) -> Path:
         return confined(self.root, ".cache", "huggingface", "download", f"{file.path}.metadata")
+
+    def lock(self, file: RepoFile) -> Path:
+        """huggingface_hub's lock for this file in a local_dir (beside its metadata)."""
+        return self.meta.joinpath("download", *f"{file.path}.lock".split("/"))
 
     def has_file(self, file: RepoFile) -> bool:
         """The file is there, its size right, and huggingface_hub's metadata names the same blob."""

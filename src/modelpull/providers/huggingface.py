@@ -163,7 +163,7 @@ class HuggingFaceProvider(Provider):
         for file in selected:  # files with the same bytes share one blob: fetch it once
             if file.etag not in planned:
                 planned[file.etag] = self._planned(target, listing.commit, file, cache.blob(file),
-                                                   present=cache.has_blob(file))
+                                                   present=cache.has_blob(file), lock=cache.lock(file))
         snapshot = cache.snapshot(listing.commit)
 
         async def finalize() -> None:
@@ -185,7 +185,8 @@ class HuggingFaceProvider(Provider):
                         single: str | None) -> Plan:
         assert target.local_dir is not None
         folder = LocalDir(target.local_dir)
-        files = [self._planned(target, listing.commit, f, folder.path(f), present=folder.has_file(f))
+        files = [self._planned(target, listing.commit, f, folder.path(f), present=folder.has_file(f),
+                               lock=folder.lock(f))
                  for f in selected]
 
         async def finalize() -> None:
@@ -202,7 +203,8 @@ class HuggingFaceProvider(Provider):
                     finalize=finalize, check=check)
 
     @staticmethod
-    def _planned(target: HubTarget, commit: str, file: RepoFile, dest: Path, *, present: bool) -> PlannedFile:
+    def _planned(target: HubTarget, commit: str, file: RepoFile, dest: Path, *, present: bool,
+                 lock: Path) -> PlannedFile:
         return PlannedFile(
             url=target.file_url(commit, file.path),
             dest=dest,
@@ -212,6 +214,7 @@ class HuggingFaceProvider(Provider):
             git_sha1=None if file.lfs_sha256 else file.blob_id,
             headers={"authorization": f"Bearer {target.token}"} if target.token else {},
             present=present,
+            lock_path=lock,
         )
 
 

@@ -136,6 +136,16 @@ def serve_main(argv: Sequence[str]) -> int:
         print(f"modelpull serve: {problem}", file=sys.stderr)
         return 2
 
+    from .._errors import ModelPullError
+    from .ownership import ModelsDirOwnership, ModelsDirTaken
+
+    ownership = ModelsDirOwnership(settings.home.expanduser().absolute())
+    try:
+        ownership.claim()
+    except (ModelsDirTaken, ModelPullError) as exc:
+        print(f"modelpull serve: {exc}", file=sys.stderr)
+        return 1
+
     import uvicorn
 
     from .app import create_app
@@ -162,6 +172,8 @@ def serve_main(argv: Sequence[str]) -> int:
         server.run()
     except KeyboardInterrupt:
         pass
+    finally:
+        ownership.release()
     return 0 if server.started else 1
 
 

@@ -47,7 +47,7 @@ from .._run import DownloadControl, error_item
 from .._settings import Settings
 from ..providers import canonical_name, get_provider
 from ..providers.url import is_downloaded_from, suggest_filename
-from ..transfer import Wire, partial_paths, remove_partial
+from ..transfer import Wire, discard_partial, partial_paths
 from ..transfer._aiohttp import new_session
 from ..transfer._policy import UrlPolicy
 from . import jobs as J
@@ -548,8 +548,8 @@ class DownloadManager:
         """Delete a paused URL job's partial file, unless another transfer is writing it."""
         if job.provider != "url" or not job.local_path or job.lock_key in self._locks:
             return
-        with contextlib.suppress(OSError):
-            remove_partial(Path(job.local_path))
+        with contextlib.suppress(OSError, ModelPullError):
+            discard_partial(Path(job.local_path))
 
     # ------------------------------------------------------------------ scheduling
 

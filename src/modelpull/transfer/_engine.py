@@ -41,9 +41,10 @@ from .._errors import (
     SourceError,
     TransferError,
 )
-from .._plan import PlannedFile, TransferOptions
+from .._plan import PlannedFile, TransferOptions, file_identity
 from .._units import format_bytes
 from ._hasher import FollowingHasher
+from ._lock import DestinationLock, default_lock_path
 from ._http import (
     RETRYABLE_STATUSES,
     origin,
@@ -114,6 +115,32 @@ async def fetch_file(file: PlannedFile, wire: Wire, options: TransferOptions, pr
         progress.mark_present(file.size)
         return
     file.dest.parent.mkdir(parents=True, exist_ok=True)
+    lock = DestinationLock(file.lock_path or default_lock_path(file.dest))
+    await lock.acquire(lambda: progress.note(f"waiting for another download of {file.name} to finish"))
+    committed = False
+    try:
+        if _committed_by_another(file):
+            progress.mark_present(file.dest.stat().st_size)
+            return
+        await _fetch_locked(file, wire, options, progress)
+        committed = True
+    finally:
+        lock.release(remove=committed and file.lock_path is None)
+
+
+def _committed_by_another(file: PlannedFile) -> bool:
+    """A file appeared at `dest` since the plan was made: another download of it finished.
+
+    Only a verified file is ever renamed to a destination (by modelpull or huggingface_hub),
+    so a new file of the expected size is that file, complete.
+    """
+    now = file_identity(file.dest)
+    if now is None or now == file.dest_at_plan:
+        return False
+    return file.size is None or not file.exact_size or now[1] == file.size
+
+
+async def _fetch_locked(file: PlannedFile, wire: Wire, options: TransferOptions, progress: FileProgress) -> None:
     restarts = 0
     while True:
         try:
