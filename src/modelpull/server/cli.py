@@ -139,9 +139,12 @@ def serve_main(argv: Sequence[str]) -> int:
     from .._errors import ModelPullError
     from .ownership import ModelsDirOwnership, ModelsDirTaken
 
-    ownership = ModelsDirOwnership(settings.home.expanduser().absolute())
+    # Replicas sharing a PostgreSQL store share the models dir by design (their transfers
+    # take the per-file locks); with SQLite, one server owns the folder.
+    ownership = None if settings.shared_database else ModelsDirOwnership(settings.home.expanduser().absolute())
     try:
-        ownership.claim()
+        if ownership is not None:
+            ownership.claim()
     except (ModelsDirTaken, ModelPullError) as exc:
         print(f"modelpull serve: {exc}", file=sys.stderr)
         return 1
@@ -173,7 +176,8 @@ def serve_main(argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        ownership.release()
+        if ownership is not None:
+            ownership.release()
     return 0 if server.started else 1
 
 

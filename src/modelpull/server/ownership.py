@@ -32,7 +32,8 @@ class ModelsDirOwnership:
             raise ModelsDirTaken(
                 f"another modelpull server (pid {self._owner_pid()}) is already serving {self.models_dir}: "
                 "stop it, or give this one another --models-dir. Several servers on one models dir "
-                "need the shared PostgreSQL job store (several replicas), not one SQLite file each"
+                "need the shared PostgreSQL job store (--database postgresql://user:password@host:5432/db), "
+                "not one SQLite file each"
             )
         tmp = self._pid_path.with_name(f"{self._pid_path.name}.{os.getpid()}.tmp")
         tmp.write_text(f"{os.getpid()}\n")
