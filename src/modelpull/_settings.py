@@ -46,6 +46,8 @@ class Settings:
     api_key: str | None = None  # MODELPULL_API_KEY: every route but /health needs Bearer <key>
     retention_seconds: float = 3600.0  # MODELPULL_RETENTION_SECONDS: how long finished jobs stay
     allow_private_urls: bool = False  # MODELPULL_ALLOW_PRIVATE_URLS: loopback/private ranges allowed
+    max_event_streams: int = 1000  # MODELPULL_MAX_EVENT_STREAMS: open SSE streams; 503 past it
+    cors_origins: tuple[str, ...] = ()  # MODELPULL_CORS_ORIGINS (comma-separated): browser origins allowed
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -65,6 +67,8 @@ class Settings:
             api_key=os.environ.get(ENV_PREFIX + "API_KEY") or None,
             retention_seconds=float(_env("RETENTION_SECONDS", "3600")),
             allow_private_urls=_env_bool("ALLOW_PRIVATE_URLS", False),
+            max_event_streams=int(_env("MAX_EVENT_STREAMS", "1000")),
+            cors_origins=tuple(o.strip() for o in _env("CORS_ORIGINS", "").split(",") if o.strip()),
         )
 
     @property

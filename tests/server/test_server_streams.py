@@ -149,7 +149,12 @@ def test_abstractcore_stream_reports_errors_as_data(server, file_server):
         assert items[-2]["status"] == "error"
         assert set(items[-1]) == {"error"} and items[-1]["error"]
     assert_error(server.client.post("/api/models/pull", json={"provider": "url"}), 400, "model")
-    assert_error(server.client.get("/api/models/download", params={"provider": "url"}), 400, "model")
+    # The EventSource route: a missing model is an error event, not a JSON 400.
+    refused = server.client.get("/api/models/download", params={"provider": "url"})
+    assert refused.headers["content-type"].startswith("text/event-stream")
+    [event] = sse_events(refused.text)
+    assert json.loads(event["data"]) == {"error": "'model' is required and must be a non-empty string"}
+    assert event["id"] == "refused/end"
 
 
 def test_a_closed_stream_does_not_stop_the_download(server, file_server):
@@ -228,3 +233,31 @@ def test_provider_references_are_accepted_when_the_provider_is_installed(shared_
     prefix = {"huggingface": "hf"}.get(provider, provider)
     bad = shared_server.client.post("/engines", json={"engine_id": "ref", "model_path": f"{prefix}:bad name/x y/z"})
     assert_error(bad, 422, "model_path")
+
+
+def test_abstractcore_reconnect_follows_the_same_job(server, file_server):
+    """An EventSource reconnects with Last-Event-ID: the same job, never a new one; after the
+    closing frame, 204 (the EventSource stops)."""
+    data = random_bytes(400_000, seed=11)
+    url = file_server.add_file("/resume-ac.bin", data, throttle_bps=400_000)
+    params = {"provider": "url", "model": url}
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        with client.stream("GET", "/api/models/download", params=params) as first:
+            job_id = first.headers["x-download-id"]
+            lines = first.iter_lines()
+            assert next(lines) == "retry: 3000"
+            last_id = next(line for line in lines if line.startswith("id: "))[4:]
+        assert last_id.startswith(f"{job_id}/")
+        again = client.get("/api/models/download", params=params, headers={"Last-Event-ID": last_id})
+        assert again.headers["x-download-id"] == job_id
+        events = sse_events(again.text)
+        assert all(e["id"] and e["id"].startswith(f"{job_id}/") for e in events)
+        assert events[-1]["id"] == f"{job_id}/end" and json.loads(events[-1]["data"]) == {"done": True}
+        assert len(server.client.get("/downloads").json()["active_downloads"]) == 0
+        assert [j for j in server.manager.jobs] == [job_id]  # no second job
+        # The client saw the end: the reconnect is told to stop.
+        assert client.get("/api/models/download", params=params,
+                          headers={"Last-Event-ID": f"{job_id}/end"}).status_code == 204
+        assert client.post("/api/models/pull", json=params,
+                           headers={"Last-Event-ID": f"{job_id}/end"}).status_code == 204
+    assert file_sha256(server.settings.home / "resume-ac.bin") == sha256(data)

@@ -335,22 +335,25 @@ def build_router() -> APIRouter:
         """Server-Sent Events of one job, honouring Last-Event-ID; ends at a final state."""
         manager = _manager(request)
         job = manager.get(model_id)
-        subscribed = manager.subscribe_job(job, _last_event_id(request))
-        if subscribed is None:
-            return Response(status_code=204)
-        subscriber, backlog = subscribed
-        return _event_stream(sse.job_events(manager, job, subscriber, backlog))
+        last_event_id = _last_event_id(request)
+        if last_event_id is not None and job.final and last_event_id >= job.event_id:
+            return Response(status_code=204)  # the client saw the end: an EventSource stops here
+        manager.check_stream_capacity()
+        return _event_stream(sse.job_events(manager, job, last_event_id))
 
     @router.get("/events", tags=["downloads"])
     async def all_events(request: Request) -> Response:
         """Every job's and engine's changes, after a snapshot (the web page's feed)."""
-        return _event_stream(sse.all_events(_manager(request)))
+        manager = _manager(request)
+        manager.check_stream_capacity()
+        return _event_stream(sse.all_events(manager))
 
     # ---- AbstractCore ---------------------------------------------------------------
 
     @router.get("/api/models/download", tags=["abstractcore"])
     async def abstractcore_download(
-        request: Request, provider: str, model: str, token: str | None = None, base_url: str | None = None,
+        request: Request, provider: str | None = None, model: str | None = None, token: str | None = None,
+        base_url: str | None = None,
     ) -> Response:
         """AbstractCore's EventSource route: progress items, then {"done": true} or {"error": ...}."""
         return await _abstractcore_stream(request, provider, model, token, base_url)
@@ -367,15 +370,23 @@ def build_router() -> APIRouter:
     return router
 
 
-async def _abstractcore_stream(request: Request, provider: str, model: str, token: Any, base_url: Any) -> Response:
+async def _abstractcore_stream(request: Request, provider: Any, model: Any, token: Any, base_url: Any) -> Response:
+    """AbstractCore's stream: a new job, or the job a reconnecting client names in Last-Event-ID.
+    A refusal is an `{"error": ...}` event: an EventSource cannot read an error body."""
     manager = _manager(request)
+    position = sse.abstractcore_position(request.headers.get("last-event-id"))
     try:
-        job = await manager.submit(provider, model, None, token, None, base_url)
+        if position is not None:
+            job_id, part = position
+            job = manager.jobs.get(job_id)
+            if part == sse.END or job is None:
+                return Response(status_code=204)  # the client saw the end: an EventSource stops here
+            manager.check_stream_capacity()
+        else:
+            manager.check_stream_capacity()
+            job = await manager.submit(provider, model, None, token, None, base_url)
     except ApiError as exc:
-        if exc.status >= 500:
-            raise
-        # An EventSource cannot read an error body: AbstractCore reports refusals in the stream.
-        return _event_stream(sse.error_event(exc.message))
+        return _event_stream(sse.error_events(exc.message))
     return _event_stream(sse.abstractcore_events(manager, job), headers={"X-Download-Id": job.id})
 
 
@@ -415,6 +426,12 @@ def _metrics(manager: DownloadManager, http_counts: collections.Counter) -> str:
         "# HELP modelpull_engines Engines registered.",
         "# TYPE modelpull_engines gauge",
         f"modelpull_engines {len(manager.engines.all())}",
+        "# HELP modelpull_event_streams Server-Sent Event streams open now.",
+        "# TYPE modelpull_event_streams gauge",
+        f"modelpull_event_streams {manager.fanout.open_streams}",
+        "# HELP modelpull_event_stream_resyncs_total Times a stream fell behind and was sent the current state.",
+        "# TYPE modelpull_event_stream_resyncs_total counter",
+        f"modelpull_event_stream_resyncs_total {manager.fanout.resyncs}",
         "# HELP modelpull_http_requests_total HTTP requests answered.",
         "# TYPE modelpull_http_requests_total counter",
     ]
@@ -488,7 +505,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(BodyTooLarge)
     async def body_too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:

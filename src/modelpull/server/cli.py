@@ -49,6 +49,12 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
         help="require 'Authorization: Bearer <key>' on every route but /health (MODELPULL_API_KEY)")
     add("--retention-seconds", type=float, default=defaults.retention_seconds,
         help=f"how long finished jobs stay listed (MODELPULL_RETENTION_SECONDS, default {defaults.retention_seconds:g})")
+    add("--max-event-streams", type=int, default=defaults.max_event_streams,
+        help="Server-Sent Event streams open at once; past it 503 with Retry-After "
+             f"(MODELPULL_MAX_EVENT_STREAMS, default {defaults.max_event_streams})")
+    add("--cors-origin", dest="cors_origins", action="append", default=None, metavar="ORIGIN",
+        help="a browser origin allowed to call the API (e.g. http://localhost:3000); repeatable; "
+             "none by default (MODELPULL_CORS_ORIGINS, comma-separated)")
     policy = parser.add_mutually_exclusive_group()
     policy.add_argument("--allow-private-urls", dest="allow_private_urls", action="store_true",
                         default=defaults.allow_private_urls,
@@ -81,6 +87,8 @@ def settings_from_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespac
         api_key=args.api_key or None,
         retention_seconds=args.retention_seconds,
         allow_private_urls=args.allow_private_urls,
+        max_event_streams=args.max_event_streams,
+        cors_origins=tuple(args.cors_origins) if args.cors_origins is not None else defaults.cors_origins,
     )
     return settings, args
 
@@ -100,6 +108,8 @@ def _check(settings: Settings) -> str | None:
         return "--max-retries must be 0 or more"
     if settings.retention_seconds < 0:
         return "--retention-seconds must be 0 or more"
+    if settings.max_event_streams < 1:
+        return "--max-event-streams must be at least 1"
     if not 0 <= settings.port <= 65535:
         return "--port must be from 0 to 65535"
     if settings.lease_seconds < 1:

@@ -6,7 +6,7 @@
       status 400/409/413/422     type invalid_request_error
       status 401                 type authentication_error
       status 404                 type not_found_error
-      status 5xx                 type server_error
+      status 5xx                 type server_error (503: too many event streams, with Retry-After)
 """
 from __future__ import annotations
 
@@ -20,13 +20,14 @@ class ApiError(Exception):
 
     def __init__(
         self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-        type: str | None = None,
+        type: str | None = None, headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers or {}  # e.g. Retry-After on a 503
         self.type = type or _TYPES.get(status) or ("server_error" if status >= 500 else "invalid_request_error")
 
     def body(self) -> dict[str, Any]:

@@ -93,6 +93,7 @@ class Job:
     last_published: float = 0.0
     revision: int = 0  # bumped on every change
     view_cache: tuple | None = None  # (key, bytes) of its Kolosal entry, for GET /downloads
+    data_cache: tuple | None = None  # (key, str) of event_data(): one string shared by every stream
 
     @property
     def final(self) -> bool:
@@ -218,11 +219,17 @@ class Job:
         return job
 
     def event_data(self) -> str:
-        return json.dumps(self.to_json(), separators=(",", ":"))
+        """The job JSON as one compact line, built once per change (every stream shares it)."""
+        key = (self.revision, self.event_id)
+        cached = self.data_cache
+        if cached is None or cached[0] != key:
+            cached = self.data_cache = (key, json.dumps(self.to_json(), separators=(",", ":")))
+        return cached[1]
 
 
 _REDACTED_AT_REST = ("message", "error_message", "local_path", "current_file")
 _TRANSIENT = frozenset({
     "token", "shared_with", "events", "subscribers", "dirty", "unsaved", "last_published", "revision", "view_cache",
+    "data_cache",
 })
 _STORED = frozenset(f.name for f in dataclasses.fields(Job)) - _TRANSIENT

@@ -54,7 +54,9 @@ from . import jobs as J
 from .engines import EngineRegistry, EngineRequest, UnsupportedModel
 from .errors import ApiError, bad_request, not_found
 from .feed import ChangeFeed
+from .fanout import FanOut, StreamLimitReached, Subscriber
 from .jobs import Job, now_ms
+from .sse import frame
 from .logs import SECRETS
 from .security import UrlRefused, check_url, resolve_inside, valid_id
 from .store import JobStore, StoreError
@@ -64,7 +66,6 @@ log = logging.getLogger("modelpull.server")
 PUBLISH_INTERVAL = 0.25  # progress events at most this often per job
 SAVE_INTERVAL = 0.5  # progress written to the store at most this often (2 writes/s per job)
 CLAIM_INTERVAL = 1.0  # a replica looks for work at least this often (a shared store's queue)
-SUBSCRIBER_QUEUE = 1000  # events a slow SSE client may lag behind before it is dropped
 # Options that change how bytes move, not which bytes: jobs differing only in these share a transfer.
 _TUNING_OPTIONS = frozenset(TransferOptions.NAMES) - {"sha256"}
 _FOLDER_OPTIONS = ("dest", "cache_dir", "local_dir", "models_path")  # must stay inside the models dir
@@ -94,31 +95,6 @@ class EngineAddResult:
     job: Job | None = None
 
 
-class Subscriber:
-    """An SSE client's queue of events. `closed` when it fell too far behind or the server stops."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE)
-        self.closed = False
-
-    def put(self, event: Any) -> None:
-        if self.closed:
-            return
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.close()
-
-    def close(self) -> None:
-        """End the subscription: the end marker goes in, after dropping the oldest event if full."""
-        if self.closed:
-            return
-        self.closed = True
-        if self.queue.full():
-            self.queue.get_nowait()
-        self.queue.put_nowait(None)
-
-
 class DownloadManager:
     """Owns every job, the shared HTTP session and the scheduling of transfers."""
 
@@ -131,8 +107,8 @@ class DownloadManager:
         self._transfers: dict[str, Transfer] = {}  # source_key -> running transfer (not stopping)
         self._locks: dict[str, Transfer] = {}  # lock_key -> transfer holding the files
         self._running: set[Transfer] = set()  # every transfer whose task has not ended
-        self._subscribers: set[Subscriber] = set()  # /events
-        self._seq = 0
+        self.fanout = FanOut(settings.max_event_streams)  # every SSE stream's queue; /events's fan-out
+        self._seq = 0  # the id of the last /events event
         # One URL policy for every connection made on a client's behalf: the submit check, the
         # wire, the aiohttp session and (through the wire) the Hub client.
         self.policy = UrlPolicy(settings.allow_private_urls, _configured_hosts())
@@ -180,11 +156,7 @@ class DownloadManager:
         self._save([j for j in self.jobs.values() if j.unsaved] + mine, release=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.store.flush(), 5)
-        for subscriber in list(self._subscribers):
-            subscriber.close()
-        for job in self.jobs.values():
-            for subscriber in list(job.subscribers):
-                subscriber.close()
+        self.fanout.close()
         if self._session is not None:
             await self._session.close()
         if self._wire is not None:
@@ -791,11 +763,26 @@ class DownloadManager:
 
     def _broadcast(self, kind: str, data: str) -> None:
         self._seq += 1
-        for subscriber in list(self._subscribers):
-            subscriber.put((self._seq, kind, data))
+        if self.fanout.open_streams:
+            # One frame for every /events stream: the text is built once, the queues hold references.
+            self.fanout.publish((self._seq, frame(data, self._seq, kind)))
+
+    @property
+    def last_seq(self) -> int:
+        """The id of the last /events event (a snapshot taken now carries it)."""
+        return self._seq
 
     def engine_changed(self, kind: str, record: dict[str, Any]) -> None:
         self._broadcast(kind, json.dumps(record, separators=(",", ":")))
+
+    def check_stream_capacity(self) -> None:
+        """ApiError 503 when `--max-event-streams` streams are open (a route asks before answering)."""
+        try:
+            self.fanout.check_capacity()
+        except StreamLimitReached:
+            raise ApiError(503, f"Too many event streams are open (the server allows {self.fanout.max_streams}, "
+                                "--max-event-streams): close one, or try again later",
+                           code="too_many_streams", headers={"Retry-After": "5"}) from None
 
     def subscribe_job(
         self, job: Job, last_event_id: int | None
@@ -803,6 +790,7 @@ class DownloadManager:
         """A subscriber and the events to send first; None when the client already saw the end."""
         if last_event_id is not None and job.final and last_event_id >= job.event_id:
             return None
+        subscriber = self.fanout.open(broadcast=False)
         if job.dirty:
             self._publish(job)
         buffered = list(job.events)
@@ -810,29 +798,25 @@ class DownloadManager:
             backlog = [event for event in buffered if event[0] > last_event_id]
         else:
             backlog = [(job.event_id, job.event_data(), job.final)]
-        subscriber = Subscriber()
         if not job.final:
             job.subscribers.add(subscriber)
         return subscriber, backlog
 
     def unsubscribe_job(self, job: Job, subscriber: Subscriber) -> None:
         job.subscribers.discard(subscriber)
+        self.fanout.release(subscriber)
 
-    def subscribe_all(self) -> tuple[Subscriber, list[tuple[int, str, str]]]:
-        """A subscriber to /events and its snapshot: every job, every engine, then `ready`."""
-        subscriber = Subscriber()
-        self._subscribers.add(subscriber)
-        snapshot = []
-        for job in self.jobs.values():
-            self._seq += 1
-            snapshot.append((self._seq, "job", job.event_data()))
-        for engine in self.engines.all():
-            self._seq += 1
-            snapshot.append((self._seq, "engine", json.dumps(engine, separators=(",", ":"))))
-        return subscriber, snapshot
+    def subscribe_all(self) -> Subscriber:
+        """A subscriber to /events; its stream sends `snapshot()` first."""
+        return self.fanout.open(broadcast=True)
+
+    def snapshot(self) -> tuple[int, list[Job], list[dict[str, Any]]]:
+        """What a new /events stream shows first: (the last event id, every job, every engine).
+        Lists of references only: the stream renders them a few at a time."""
+        return self._seq, list(self.jobs.values()), self.engines.all()
 
     def unsubscribe_all(self, subscriber: Subscriber) -> None:
-        self._subscribers.discard(subscriber)
+        self.fanout.release(subscriber)
 
     # ------------------------------------------------------------------ background
 

@@ -1,123 +1,190 @@
-"""Server-Sent Events: the three streams the server offers, as async generators of text.
+"""Server-Sent Events: the streams the server offers, as async generators of text.
 
-    job_events(job)        one job's JSON on every change; ends after its final state
+    job_events()           one job's JSON on every change; ends after its final state
     abstractcore_events()  AbstractCore's `data: {status, message, percent, ...}` then done/error
     all_events()           every job and engine change, after a snapshot (for the web page)
+    error_events()         a refused AbstractCore request, told inside the stream
 
-Each reads a `Subscriber` queue fed by the manager; closing the HTTP response only unsubscribes,
-the download goes on.
+Every stream starts with `retry:` and every frame carries an `id:`, the closing one too, so a
+browser EventSource that reconnects says where it was (`Last-Event-ID`) and is answered with
+what it missed, never with the same download started again. Each stream reads a bounded
+`fanout.Subscriber`; one that falls behind gets RESYNC and is sent the current state. Closing the
+HTTP response only unsubscribes: the download goes on.
 """
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
+from .fanout import KEEPALIVE, RESYNC, Subscriber
 from .jobs import Job
-from .manager import DownloadManager, Subscriber
 from .views import abstractcore_end, abstractcore_item
 
+if TYPE_CHECKING:
+    from .manager import DownloadManager
+
 KEEPALIVE_SECONDS = 15.0
+RETRY_MS = 3000  # how long a browser waits before reconnecting
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+SNAPSHOT_CHUNK = 64  # snapshot frames rendered at a time, between two yields to the event loop
+END = "end"  # the last part of a closing frame's id: "<job id>/end"
 
 
-def frame(data: str, event_id: int | None = None, event: str | None = None) -> str:
-    lines = []
+def frame(data: str, event_id: int | str | None = None, event: str | None = None, retry: int | None = None) -> str:
+    head = ""
+    if retry is not None:
+        head += f"retry: {retry}\n"
     if event_id is not None:
-        lines.append(f"id: {event_id}")
+        head += f"id: {event_id}\n"
     if event is not None:
-        lines.append(f"event: {event}")
-    lines.extend(f"data: {line}" for line in data.splitlines() or [""])
-    return "\n".join(lines) + "\n\n"
+        head += f"event: {event}\n"
+    if "\n" not in data and "\r" not in data:  # compact JSON: the common case
+        return f"{head}data: {data}\n\n"
+    return head + "".join(f"data: {line}\n" for line in data.splitlines() or [""]) + "\n"
 
 
-async def _next(subscriber: Subscriber) -> Any:
-    """The next event, `KEEPALIVE` after a silence, or None when the subscription ended."""
-    try:
-        return await asyncio.wait_for(subscriber.queue.get(), KEEPALIVE_SECONDS)
-    except asyncio.TimeoutError:
-        return KEEPALIVE
-
-
-KEEPALIVE = object()
-
-
-async def _follow(subscriber: Subscriber, render: Callable[[Any], tuple[str | None, bool]]) -> AsyncIterator[str]:
-    """Frames for the subscriber's events (`render(event)` -> (frame or None, last?)), with a
-    keep-alive comment in every silence; ends after the last frame or with the subscription."""
+async def _events(subscriber: Subscriber) -> AsyncIterator[Any]:
+    """The subscriber's events (RESYNC included), a keep-alive comment in every silence."""
     while True:
-        event = await _next(subscriber)
+        event = await subscriber.next(KEEPALIVE_SECONDS)
         if event is None:
             return
-        if event is KEEPALIVE:
-            yield ": keep-alive\n\n"
-            continue
-        text, last = render(event)
-        if text:
-            yield text
-        if last:
-            return
+        yield event
 
 
-async def job_events(
-    manager: DownloadManager, job: Job, subscriber: Subscriber, backlog: list[tuple[int, str, bool]]
-) -> AsyncIterator[str]:
+# ---------------------------------------------------------------------- one job
+
+
+async def job_events(manager: DownloadManager, job: Job, last_event_id: int | None) -> AsyncIterator[str]:
+    """`GET /downloads/{id}/events`: the events after `last_event_id` (or the current state), then
+    every change; the final state is the closing frame."""
+    subscribed = manager.subscribe_job(job, last_event_id)
+    if subscribed is None:
+        return
+    subscriber, backlog = subscribed
     try:
+        retry: int | None = RETRY_MS
         for event_id, data, final in backlog:
-            yield frame(data, event_id)
+            yield frame(data, event_id, retry=retry)
+            retry = None
             if final:
                 return
         if job.final:
             return
-        async for text in _follow(subscriber, lambda event: (frame(event[1], event[0]), event[2])):
-            yield text
+        async for event in _events(subscriber):
+            if event is KEEPALIVE:
+                yield ": keep-alive\n\n"
+                continue
+            if event is RESYNC:  # fell behind: the current state stands for what was dropped
+                event = (job.event_id, job.event_data(), job.final)
+            event_id, data, final = event
+            yield frame(data, event_id)
+            if final:
+                return
     finally:
         manager.unsubscribe_job(job, subscriber)
 
 
+# ---------------------------------------------------------------------- AbstractCore
+
+
+def abstractcore_position(last_event_id: str | None) -> tuple[str, str] | None:
+    """(job id, event part) of an AbstractCore stream's `Last-Event-ID`, None when it is not one."""
+    if not last_event_id:
+        return None
+    job_id, slash, part = last_event_id.strip().rpartition("/")
+    if not slash or not job_id:
+        return None
+    return job_id, part
+
+
 async def abstractcore_events(manager: DownloadManager, job: Job) -> AsyncIterator[str]:
+    """AbstractCore's items (`id: <job>/<n>`), then `{"done": true}` or `{"error": ...}` as the
+    closing frame (`id: <job>/end`). A reconnect names the job and follows it again."""
     subscribed = manager.subscribe_job(job, None)
     if subscribed is None:
         return
     subscriber, _ = subscribed
     shown: dict[str, Any] = {}
+    retry: list[int | None] = [RETRY_MS]
 
-    def render(_: Any) -> tuple[str | None, bool]:
+    def render() -> tuple[str | None, bool]:
         item = abstractcore_item(job)
-        if job.final:  # the final item, then AbstractCore's closing one
-            return frame(json.dumps(item), job.event_id) + frame(json.dumps(abstractcore_end(job))), True
-        if item == shown.get("last"):
+        if item == shown.get("last") and not job.final:
             return None, False
         shown["last"] = item
-        return frame(json.dumps(item), job.event_id), False
+        text = frame(json.dumps(item), f"{job.id}/{job.event_id}", retry=retry[0])
+        retry[0] = None
+        if job.final:  # the final item, then AbstractCore's closing one
+            return text + frame(json.dumps(abstractcore_end(job)), f"{job.id}/{END}"), True
+        return text, False
 
     try:
-        text, last = render(None)
+        text, last = render()
         if text:
             yield text
         if last:
             return
-        async for text in _follow(subscriber, render):
-            yield text
+        async for event in _events(subscriber):
+            if event is KEEPALIVE:
+                yield ": keep-alive\n\n"
+                continue
+            text, last = render()
+            if text:
+                yield text
+            if last:
+                return
     finally:
         manager.unsubscribe_job(job, subscriber)
 
 
-async def error_event(message: str) -> AsyncIterator[str]:
-    """AbstractCore's way to report a refused request inside the stream an EventSource reads."""
-    yield frame(json.dumps({"error": message}))
+async def error_events(message: str) -> AsyncIterator[str]:
+    """A refused AbstractCore request, inside the stream an EventSource reads. Its id ends in
+    `/end`, so a browser that reconnects is told there is nothing more (204)."""
+    yield frame(json.dumps({"error": message}), f"refused/{END}", retry=RETRY_MS)
+
+
+# ---------------------------------------------------------------------- every job
 
 
 async def all_events(manager: DownloadManager) -> AsyncIterator[str]:
-    subscriber, snapshot = manager.subscribe_all()
+    """`GET /events`: a snapshot (every job, every engine, then `ready`), then every change. A
+    subscriber that falls behind is sent `resync` and a fresh snapshot."""
+    subscriber = manager.subscribe_all()
     try:
-        jobs = engines = 0
-        for event_id, kind, data in snapshot:
-            jobs += kind == "job"
-            engines += kind == "engine"
-            yield frame(data, event_id, kind)
-        yield frame(json.dumps({"jobs": jobs, "engines": engines}), None, "ready")
-        async for text in _follow(subscriber, lambda event: (frame(event[2], event[0], event[1]), False)):
+        yield f"retry: {RETRY_MS}\n"  # no blank line: it belongs to the snapshot's first frame
+        async for text in _snapshot(manager):
             yield text
+        async for event in _events(subscriber):
+            if event is KEEPALIVE:
+                yield ": keep-alive\n\n"
+            elif event is RESYNC:
+                yield frame("{}", manager.last_seq, "resync")
+                async for text in _snapshot(manager):
+                    yield text
+            else:
+                yield event[1]
     finally:
         manager.unsubscribe_all(subscriber)
+
+
+async def _snapshot(manager: DownloadManager) -> AsyncIterator[str]:
+    """The current state, a chunk of frames at a time. Every frame carries the id of the last event
+    before it: changes after it follow with higher ids.
+
+    A chunk is rendered while holding the fan-out's snapshot gate, and sent after releasing it: a
+    thousand streams connecting at once take turns instead of each holding the event loop for a
+    whole snapshot, and a slow client never holds the gate while its socket is full.
+    """
+    gate = manager.fanout.snapshot_gate
+    seq, jobs, engines = manager.snapshot()
+    for start in range(0, len(jobs), SNAPSHOT_CHUNK):
+        async with gate:
+            chunk = "".join(frame(job.event_data(), seq, "job") for job in jobs[start:start + SNAPSHOT_CHUNK])
+        yield chunk
+        await asyncio.sleep(0)
+    async with gate:
+        parts = [frame(json.dumps(engine, separators=(",", ":")), seq, "engine") for engine in engines]
+        parts.append(frame(json.dumps({"jobs": len(jobs), "engines": len(engines)}), seq, "ready"))
+    yield "".join(parts)

@@ -212,6 +212,10 @@
     source.addEventListener("open", () => {
       state.snapshot = { jobs: new Set(), engines: new Set() };
     });
+    // The page fell behind: a fresh snapshot follows, ending with `ready`, as after "open".
+    source.addEventListener("resync", () => {
+      state.snapshot = { jobs: new Set(), engines: new Set() };
+    });
     source.addEventListener("job", (event) => {
       const job = parseData(event);
       if (!job || !job.id) return;

@@ -1,0 +1,149 @@
+"""The fan-out of server events to SSE streams: bounded per subscriber, never blocking a publisher.
+
+    FanOut(max_streams, queue_limit)
+        check_capacity()                      StreamLimitReached once max_streams are open
+        open(broadcast=True) -> Subscriber    a stream slot, taken when the stream starts
+        publish(event)                        every broadcast subscriber gets it; O(1) each
+        release(subscriber)                   its stream ended (frees the slot)
+        close()                               ends every stream (shutdown)
+
+    Subscriber.put(event)                     never blocks: past `queue_limit` waiting events the
+                                              queue is dropped and the subscriber owes a resync
+    await Subscriber.next(timeout)            -> an event, RESYNC, KEEPALIVE, or None (closed)
+
+A publisher only calls `publish()` (the manager today; a store's change feed when several
+replicas share one database) or `put()` on the subscribers it keeps itself (one job's streams).
+What a reader does on RESYNC (send the current state again) is the SSE layer's business: a
+subscriber that cannot keep up costs at most `queue_limit` references, never an unbounded buffer.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any, Callable
+
+DEFAULT_QUEUE_LIMIT = 256  # events a subscriber may lag behind before it is told to resync
+DEFAULT_MAX_STREAMS = 1000
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+RESYNC = _Marker("RESYNC")  # the subscriber fell behind: its queued events were dropped
+KEEPALIVE = _Marker("KEEPALIVE")  # nothing happened for `timeout` seconds
+
+
+class StreamLimitReached(Exception):
+    """Every stream slot is taken (`--max-event-streams`)."""
+
+
+class Subscriber:
+    """One stream's queue of events: bounded, with a resync flag instead of an overflow."""
+
+    __slots__ = ("_events", "_limit", "_wakeup", "resync_due", "closed", "broadcast", "_on_resync")
+
+    def __init__(self, limit: int, broadcast: bool, on_resync: Callable[[], None] = lambda: None) -> None:
+        self._events: collections.deque = collections.deque()
+        self._limit = limit
+        self._wakeup = asyncio.Event()
+        self.resync_due = False
+        self.closed = False
+        self.broadcast = broadcast
+        self._on_resync = on_resync
+
+    @property
+    def pending(self) -> int:
+        return len(self._events)
+
+    def put(self, event: Any) -> None:
+        if self.closed:
+            return
+        if self.resync_due:
+            return  # the reader will fetch the current state anyway
+        if len(self._events) >= self._limit:
+            self._events.clear()
+            self.resync_due = True
+            self._on_resync()
+        else:
+            self._events.append(event)
+        self._wakeup.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._events.clear()
+        self._wakeup.set()
+
+    async def next(self, timeout: float) -> Any:
+        """The next event, RESYNC, KEEPALIVE after `timeout` seconds of silence, or None once closed."""
+        while True:
+            if self.closed:
+                return None
+            if self.resync_due:
+                self.resync_due = False
+                return RESYNC
+            if self._events:
+                return self._events.popleft()
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except asyncio.TimeoutError:
+                return KEEPALIVE
+
+
+class FanOut:
+    """Stream slots and the broadcast subscribers (`/events`)."""
+
+    def __init__(self, max_streams: int = DEFAULT_MAX_STREAMS, queue_limit: int = DEFAULT_QUEUE_LIMIT) -> None:
+        self.max_streams = max_streams
+        self.queue_limit = queue_limit
+        self._open: set[Subscriber] = set()
+        self._broadcast: set[Subscriber] = set()
+        # Streams rendering a snapshot at once (the SSE layer takes it per chunk).
+        self.snapshot_gate = asyncio.Semaphore(2)
+        self.resyncs = 0  # times a subscriber fell behind (metrics)
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._open)
+
+    def check_capacity(self) -> None:
+        """StreamLimitReached when no stream slot is free."""
+        if len(self._open) >= self.max_streams:
+            raise StreamLimitReached(f"{self.max_streams} event streams are open already")
+
+    def open(self, broadcast: bool = True) -> Subscriber:
+        """A subscriber in a stream slot. The face checks `check_capacity()` before it answers 200
+        and opens when the stream starts: a stream that never starts never holds a slot."""
+        subscriber = Subscriber(self.queue_limit, broadcast, self._count_resync)
+        self._open.add(subscriber)
+        if broadcast:
+            self._broadcast.add(subscriber)
+        return subscriber
+
+    def largest_backlog(self) -> int:
+        """The most events any open stream has waiting (never more than `queue_limit`)."""
+        return max((s.pending for s in self._open), default=0)
+
+    def _count_resync(self) -> None:
+        self.resyncs += 1
+
+    def release(self, subscriber: Subscriber) -> None:
+        subscriber.close()
+        self._open.discard(subscriber)
+        self._broadcast.discard(subscriber)
+
+    def publish(self, event: Any) -> None:
+        for subscriber in self._broadcast:
+            subscriber.put(event)
+
+    def close(self) -> None:
+        for subscriber in list(self._open):
+            subscriber.close()
+
+
+__all__ = ["FanOut", "Subscriber", "StreamLimitReached", "RESYNC", "KEEPALIVE"]

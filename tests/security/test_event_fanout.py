@@ -1,0 +1,143 @@
+"""Issue 10, finding 6: the event fan-out is bounded.
+
+A subscriber that stops reading must cost a bounded queue, not a buffer that grows with every
+event (1000 such streams took RSS from 59 MB to ~450 MB); it is told to resync, then sent the
+current state, and its stream goes on. Past `--max-event-streams`, a new stream is a 503.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+_SERVER_TESTS = Path(__file__).resolve().parents[1] / "server"
+if str(_SERVER_TESTS) not in sys.path:
+    sys.path.insert(0, str(_SERVER_TESTS))  # server_helpers
+_spec = importlib.util.spec_from_file_location("fanout_server_fixtures", _SERVER_TESTS / "conftest.py")
+_fixtures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_fixtures)
+log_capture = _fixtures.log_capture
+server_settings = _fixtures.server_settings
+start_server = _fixtures.start_server
+
+from server_helpers import assert_error  # noqa: E402
+
+PADDING = "x" * 16_000  # each event ~16 kB: 2000 of them are 32 MB a stalled reader would hold
+
+
+class RawStream:
+    """`GET /events` on a socket with a tiny receive buffer, read only when the test says so."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.settimeout(30)
+        self.sock.connect((host, int(port)))
+        self.sock.sendall(f"GET /events HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        self.raw = b""
+        self.body = b""
+
+    def read_until(self, marker: bytes, after: int = 0) -> None:
+        """Read (and de-chunk) until the body holds `marker` past offset `after`."""
+        while marker not in self.body[after:]:
+            data = self.sock.recv(65536)
+            assert data, "the server closed the stream"
+            self.raw += data
+            self._dechunk()
+
+    def _dechunk(self) -> None:
+        if b"\r\n\r\n" in self.raw and not self.body and not hasattr(self, "_head"):
+            head, _, self.raw = self.raw.partition(b"\r\n\r\n")
+            self._head = head
+            assert head.startswith(b"HTTP/1.1 200"), head
+        while True:
+            line, sep, rest = self.raw.partition(b"\r\n")
+            if not sep:
+                return
+            size = int(line, 16)
+            if len(rest) < size + 2:
+                return
+            self.body += rest[:size]
+            self.raw = rest[size + 2:]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _run_on_server(server, coroutine_function, *args):
+    """Run a coroutine on the server's event loop (where the manager lives) and wait for it."""
+    loop = server.manager._background[0].get_loop()
+    return asyncio.run_coroutine_threadsafe(coroutine_function(*args), loop).result(timeout=60)
+
+
+async def _publish_engine_changes(manager, count: int) -> int | None:
+    """Engine events through the manager's one publishing path, in bursts, as downloads would;
+    the most events a stream had waiting at any burst's end."""
+    largest = 0
+    fanout = getattr(manager, "fanout", None)
+    for index in range(count):
+        manager.engine_changed("engine", {"engine_id": f"e{index}", "status": "loaded", "padding": PADDING})
+        if index % 50 == 49:
+            largest = max(largest, fanout.largest_backlog()) if fanout else None
+            await asyncio.sleep(0.005)
+    return largest
+
+
+def test_a_slow_subscriber_gets_a_resync_marker_not_an_unbounded_buffer(start_server):
+    server = start_server()
+    stalled = RawStream(server.url)
+    try:
+        stalled.read_until(b"event: ready")
+        seen = len(stalled.body)
+        # The client stops reading while 2000 events (~32 MB) are published.
+        largest_backlog = _run_on_server(server, _publish_engine_changes, server.manager, 2000)
+        # When it reads again: a resync marker, then the current state (a snapshot ending in `ready`).
+        stalled.read_until(b"event: resync", seen)
+        resync_at = stalled.body.index(b"event: resync", seen)
+        stalled.read_until(b"event: ready", resync_at)
+        # What waited for it was bounded by the queue limit, not by what was published.
+        assert largest_backlog <= server.manager.fanout.queue_limit
+        # And the stream goes on: the next change still arrives.
+        _run_on_server(server, _publish_one, server.manager)
+        stalled.read_until(b'"engine_id":"after-resync"', resync_at)
+        assert server.client.get("/metrics").text.count("modelpull_event_stream_resyncs_total 0") == 0
+    finally:
+        stalled.close()
+
+
+async def _publish_one(manager) -> None:
+    manager.engine_changed("engine", {"engine_id": "after-resync", "status": "loaded"})
+
+
+def test_streams_past_the_cap_are_refused_with_503(start_server):
+    server = start_server(max_event_streams=2)
+    url = server.url
+    with httpx.Client(base_url=url, timeout=10) as first, httpx.Client(base_url=url, timeout=10) as second:
+        with first.stream("GET", "/events") as one, second.stream("GET", "/v1/events") as two:
+            assert one.status_code == two.status_code == 200
+            lines = [one.iter_lines(), two.iter_lines()]  # kept: a dropped iterator closes its stream
+            assert [next(it) for it in lines] == ["retry: 3000", "retry: 3000"]
+            refused = server.client.get("/events")
+            assert_error(refused, 503, None, "too_many_streams")
+            assert refused.headers["retry-after"] == "5"
+            job = server.client.post("/downloads", json={"model": "http://127.0.0.1:9/x.bin"}).json()
+            assert_error(server.client.get(f"/downloads/{job['id']}/events"), 503, None, "too_many_streams")
+            # AbstractCore's EventSource route says it inside the stream.
+            ac = server.client.get("/api/models/download", params={"provider": "url", "model": "http://127.0.0.1:9/y"})
+            assert ac.headers["content-type"].startswith("text/event-stream")
+            assert "Too many event streams" in json.loads(ac.text.split("data: ", 1)[1])["error"]
+            # The API itself still answers.
+            assert server.client.get("/health").status_code == 200
+    # Closed streams free their slots (once the server has seen the disconnects).
+    deadline = time.monotonic() + 20
+    while server.manager.fanout.open_streams and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with server.client.stream("GET", "/events") as again:
+        assert again.status_code == 200
