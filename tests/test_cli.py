@@ -105,6 +105,29 @@ def test_quiet_prints_only_the_path(file_server, home):
     assert Path(result.stdout.strip()).is_file()
 
 
+# What a plain URL's fixed cost must not include (also checked with `python -X importtime`).
+HEAVY_FOR_A_URL = ("aiohttp", "huggingface_hub", "fastapi", "uvicorn", "starlette", "modelpull.server", "rich")
+
+
+def test_a_plain_url_pull_imports_no_server_hub_client_aiohttp_or_rich(file_server, home):
+    data = _data(1024)
+    url = file_server.add_file("/tiny.bin", data)
+    report = (
+        "import sys\n"
+        "from modelpull.cli import main\n"
+        "status = main(sys.argv[1:])\n"
+        f"heavy = sorted(m for m in sys.modules if m.startswith({HEAVY_FOR_A_URL!r}))\n"
+        "print('imported:', ' '.join(heavy))\n"
+        "sys.exit(status)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", report, "pull", url, "--sha256", hashlib.sha256(data).hexdigest(), "--quiet"],
+        capture_output=True, text=True, timeout=60, env=_env(home), cwd=home.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert _lines(result.stdout)[-1].strip() == "imported:", result.stdout
+
+
 def test_json_prints_one_progress_object_per_line_ending_complete(file_server, home):
     data = _data(250_000)
     url = file_server.add_file("/model.gguf", data)

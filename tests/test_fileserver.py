@@ -153,6 +153,22 @@ def test_status_faults_queue_then_succeed(file_server):
     assert [r.status for r in file_server.requests] == [503, 503, 429, 200]
 
 
+async def test_a_connection_limit_refuses_gets_beyond_it_while_others_are_served(file_server):
+    url = file_server.add_file("/model.bin", DATA, throttle_bps=600_000, max_connections=2, refuse_status=503)
+    async with aiohttp.ClientSession() as session:
+
+        async def get() -> tuple[int, int]:
+            async with session.get(url) as response:
+                return response.status, len(await response.read())
+
+        answers = await asyncio.gather(*(get() for _ in range(3)))
+        assert sorted(answers) == [(200, len(DATA)), (200, len(DATA)), (503, len(b"too many connections"))]
+        while not all(r.done for r in file_server.requests):  # the server's side of the exchange ends last
+            await asyncio.sleep(0.01)
+        assert await get() == (200, len(DATA))  # the limit is on connections at once, not in all
+    assert [r.fault for r in file_server.requests].count("over_limit") == 1
+
+
 def test_faults_apply_to_get_only_unless_asked(file_server):
     url = file_server.add_file("/model.bin", DATA)
     file_server.add_fault("/model.bin", "status", code=500)

@@ -451,6 +451,27 @@ async def test_connections_ramp_up_to_the_maximum_when_each_one_is_capped(file_s
     assert file_server.max_concurrent_gets == 4
 
 
+@pytest.mark.parametrize("refusal", [429, 503])
+async def test_a_server_refusing_extra_connections_makes_the_ramp_back_off_and_stay_there(
+    file_server, tmp_path, refusal
+):
+    # Each response capped at 4 MiB/s, so more connections would pay; but the server serves
+    # two at a time and answers the others 429 (or 503). The ramp keeps to two for the rest
+    # of the download (its later trials included): each extra connection is refused once,
+    # none of them retries, and the download neither fails nor slows to one connection.
+    data = payload(12 * MiB)
+    url = file_server.add_file("/limited.bin", data, throttle_bps=4 * MiB, max_connections=2,
+                               refuse_status=refusal)
+    items = await collect(url, tmp_path, multipart_threshold=1 * MiB, piece_size=1 * MiB, connections=6)
+    assert_complete(items, data)
+    gets = file_server.requests_for("/limited.bin", "GET")
+    refused = [r for r in gets if r.fault == "over_limit"]
+    assert 1 <= len(refused) <= 6 - 2, [r.range for r in refused]
+    assert max(r.started for r in refused) < min(r.started for r in gets if r.range_start == 11 * MiB)
+    served = [r for r in gets if r.fault is None]
+    assert len({r.peer for r in served}) >= 2, "the download fell back to one connection"
+
+
 async def test_a_drop_in_one_part_still_completes(file_server, tmp_path):
     data = payload(8 * MiB)
     url = file_server.add_file("/big.bin", data)

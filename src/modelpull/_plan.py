@@ -15,7 +15,7 @@ from ._settings import MiB, Settings
 class TransferOptions:
     """How bytes are moved; the same for every provider."""
 
-    connections: int = 8  # concurrent connections for one large file
+    connections: int = 16  # concurrent connections for one large file (as aria2c -x16, Ollama)
     multipart_threshold: int = 64 * MiB  # files at least this large are split
     piece_size: int = 16 * MiB  # the unit of work (and of crash-resume loss) in a split file
     stall_timeout: float = 30.0  # seconds without a byte before reconnecting

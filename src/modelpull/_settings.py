@@ -30,7 +30,7 @@ class Settings:
 
     # Library / transfer defaults.
     home: Path = Path("./models")  # MODELPULL_HOME: where downloads land
-    connections: int = 8  # MODELPULL_CONNECTIONS: connections per large file
+    connections: int = 16  # MODELPULL_CONNECTIONS: connections per large file
     multipart_threshold: int = 64 * MiB  # MODELPULL_MULTIPART_THRESHOLD: bytes before splitting
     stall_timeout: float = 30.0  # MODELPULL_STALL_TIMEOUT: seconds without a byte = stall
     max_retries: int = 5  # MODELPULL_MAX_RETRIES: per failing connection, without progress
@@ -54,7 +54,7 @@ class Settings:
         database = _env("DATABASE", "")
         return cls(
             home=Path(_env("HOME", "./models")),
-            connections=int(_env("CONNECTIONS", "8")),
+            connections=int(_env("CONNECTIONS", "16")),
             multipart_threshold=int(_env("MULTIPART_THRESHOLD", str(64 * MiB))),
             stall_timeout=float(_env("STALL_TIMEOUT", "30")),
             max_retries=int(_env("MAX_RETRIES", "5")),

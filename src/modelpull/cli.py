@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--sha256", metavar="HEX", type=_sha256,
                       help="expected sha256 of the file; a mismatch deletes it and fails")
     pull.add_argument("--connections", metavar="N", type=_connections,
-                      help="connections per large file (default: 8)")
+                      help="connections per large file (default: 16)")
     pull.add_argument("--token", metavar="TOKEN",
                       help="access token for the source (default: from the environment, e.g. HF_TOKEN)")
     pull.add_argument("--base-url", metavar="URL", type=_base_url,

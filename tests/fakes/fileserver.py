@@ -30,6 +30,10 @@ Fault kinds (`add_fault(path, kind, times=1, methods=("GET",), **params)`):
 
 Faults queue per path; a request takes the first queued fault that applies to it
 (method, and for ignore_range a Range header), and each fault serves `times` requests.
+
+A lasting limit instead of a queued fault: `add_file(..., max_connections=n, refuse_status=429)`
+answers a GET with 429 (or 503, ...) while n other GETs of that file are being served, as a
+server that limits each client's connections does; `record.fault` is then "over_limit".
 """
 from __future__ import annotations
 
@@ -101,6 +105,9 @@ class _File:
     if_range: bool
     auto_etag: bool
     auto_last_modified: bool
+    max_connections: int | None = None
+    refuse_status: int = 429
+    serving: int = 0  # GETs of this file being answered now (not counting refused ones)
     version: int = 0
 
     def replace(self, data: bytes) -> None:
@@ -192,6 +199,8 @@ class FileServer(BackgroundServer):
         throttle_bps: float | None = None,
         chunked: bool = False,
         if_range: bool = True,
+        max_connections: int | None = None,
+        refuse_status: int = 429,
     ) -> str:
         """Serve `data` at `path` (GET and HEAD); returns its URL.
 
@@ -201,6 +210,7 @@ class FileServer(BackgroundServer):
         Accept-Ranges. throttle_bps limits each response's rate. chunked=True hides the size
         (chunked transfer encoding, no Content-Length, ranges still honoured).
         if_range=False ignores If-Range, like servers that answer 206 whatever the validator.
+        max_connections=n answers `refuse_status` to a GET while n others of this file are served.
         """
         if isinstance(etag, str):
             etag_value: str | None = etag if etag.startswith(('"', "W/")) else f'"{etag}"'
@@ -217,6 +227,7 @@ class FileServer(BackgroundServer):
             content_disposition=content_disposition, accept_ranges=accept_ranges,
             throttle_bps=throttle_bps, chunked=chunked, if_range=if_range,
             auto_etag=etag is True, auto_last_modified=last_modified is True,
+            max_connections=max_connections, refuse_status=refuse_status,
         )
         with self._lock:
             self._files[self._key(path)] = entry
@@ -335,6 +346,25 @@ class FileServer(BackgroundServer):
         if entry is None:
             record.status = 404
             return web.Response(status=404, text="not found")
+        if method == "GET" and entry.max_connections is not None:
+            with self._lock:
+                refused = entry.serving >= entry.max_connections
+                entry.serving += not refused
+            if refused:
+                record.fault = "over_limit"
+                record.status = entry.refuse_status
+                return web.Response(status=entry.refuse_status, text="too many connections")
+            try:
+                return await self._serve(request, record, entry, fault)
+            finally:
+                with self._lock:
+                    entry.serving -= 1
+        return await self._serve(request, record, entry, fault)
+
+    async def _serve(
+        self, request: web.Request, record: RequestRecord, entry: _File, fault: _Fault | None
+    ) -> web.StreamResponse:
+        method = request.method
         if fault is not None and fault.kind == "change_content":
             with self._lock:
                 entry.replace(bytes(fault.params["data"]))

@@ -15,6 +15,7 @@ it is discarded and the download restarts from zero, never appended to.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import errno
 import http.client
@@ -61,10 +62,15 @@ from ._wire import Aborted, AbortSignal, AddressRefused, Wire, WireResponse
 WRITE_CHUNK = 1024 * 1024  # bytes buffered before a pwrite (and a counter update)
 WRITE_INTERVAL = 0.5  # seconds: on a slow link, write (and record) at least this often
 MAX_RETRY_AFTER = 300.0
-RAMP_WINDOW = 0.3  # seconds of one connection, then of all, before deciding how many to keep
-RAMP_SETTLE = 0.1
+# The connection ramp (see _FileTransfer._ramp_up). Rates come from bytes moved, polled:
+RAMP_POLL = 0.01  # seconds between looks at the byte counter
+RAMP_BURST = 1024 * 1024  # a new response's first bytes sit in socket buffers: not its rate
+RAMP_SAMPLE = 2 * 1024 * 1024  # bytes per connection that make a rate worth trusting
+RAMP_WINDOW = 0.3  # seconds: the longest a measurement waits for its bytes (a slow link)
+RAMP_SETTLE = 0.2  # seconds: the longest wait for new connections' first response headers
 RAMP_RETRY = 2.0  # seconds before trying more connections again after a trial said no
 RAMP_GAIN = 1.2  # more connections stay only if they are at least this much faster
+REFUSALS = frozenset({429, 503})  # a server's "too many" to an extra connection
 FLUSH_EVERY = 64 * 1024 * 1024  # written bytes between background fdatasync calls
 
 # The threads that move bytes (socket -> file). Created on demand; a server with several jobs of
@@ -83,12 +89,20 @@ class _RestartFromZero(Exception):
 class _Retryable(Exception):
     """A failure worth another attempt after `delay` seconds (None: use the backoff)."""
 
-    def __init__(self, error: ModelPullError, reason: str, delay: float | None = None, stall: bool = False) -> None:
+    def __init__(
+        self, error: ModelPullError, reason: str, delay: float | None = None, stall: bool = False,
+        status: int | None = None,
+    ) -> None:
         super().__init__(str(error))
         self.error = error  # what the user sees if the retries run out
         self.reason = reason  # what a progress notice says meanwhile ("HTTP 503 from host")
         self.delay = delay
         self.stall = stall
+        self.status = status  # the HTTP status that caused it, if one did
+
+
+class _Refused(Exception):
+    """An extra connection was turned away (429/503): the server wants fewer of them."""
 
 
 def existing_ancestor(path: Path) -> Path:
@@ -303,7 +317,9 @@ class _FileTransfer:
         size = WRITE_CHUNK if layout.total is None else max(1, min(WRITE_CHUNK, layout.total))
         self._buffers = _Buffers(size, most + _Buffers.SPARE, self.signal)
         self._allowed = 1  # workers that may take another piece (see _ramp_up)
+        self._ceiling = most  # the most connections the server has not refused
         self._running = 0
+        self._answered = 0  # running workers whose current request has its response headers
         self._ramp: asyncio.Task | None = None
         first_response = probe if (probe is not None and pending[0] == 0) else None
         if probe is not None and first_response is None:
@@ -321,44 +337,70 @@ class _FileTransfer:
 
         Against a server that caps each connection (a CDN, `limit_rate`), `most` connections
         are `most` times faster. On a link one connection already fills (loopback, a LAN), the
-        extra connections only cost CPU. So: one connection for RAMP_WINDOW, then all of them;
-        they stay if at least RAMP_GAIN times faster. A "no" is not final: one noisy window
-        must not leave a capped download on one connection, so the trial runs again after
-        RAMP_RETRY seconds, then twice that, and so on.
+        extra connections only cost CPU. So the first connection runs alone until it has moved
+        RAMP_SAMPLE bytes past its socket buffers' burst (a tenth of a second at 20 MB/s, a few
+        milliseconds on a fast link), then all of them open; once their responses have begun
+        and they have moved RAMP_SAMPLE bytes each, they stay if at least RAMP_GAIN times
+        faster than the one. A "no" is not final: one noisy window must not leave a capped
+        download on one connection, so the trial runs again after RAMP_RETRY seconds, then
+        twice that, and so on. A server that answers an extra connection with 429 or 503
+        lowers the ceiling for good (`_refused`): the ramp never asks for more again.
 
         (A first step of two connections, to spare a full link the extra ones, was tried and
-        dropped: against nginx's limit_rate, whose first second of each request is unthrottled,
-        two connections often did not look 1.5x faster than one, and a capped 1 GiB download
-        took 14 s instead of 7 s in bench/transfer.py.)
+        dropped: against nginx's limit_rate two connections often did not look 1.5x faster
+        than one, and a capped 1 GiB download took 14 s instead of 7 s in bench/transfer.py.)
         """
         pause = RAMP_RETRY
-        while self._pending:
+        while self._pending and self._ceiling > 1:
             while self._running > 1:  # the last trial's extra workers finish their pieces first
-                await asyncio.sleep(RAMP_SETTLE)
-            single = await self._rate_over(RAMP_WINDOW)
-            if not self._pending:
+                await asyncio.sleep(RAMP_POLL)
+            await self._rate_over(RAMP_BURST, RAMP_WINDOW)
+            single = await self._rate_over(RAMP_SAMPLE, RAMP_WINDOW)
+            if not self._pending or self._ceiling <= 1:
                 return
-            self._allowed = most
-            for _ in range(most - self._running):
+            wanted = self._ceiling
+            self._allowed = wanted
+            for _ in range(wanted - self._running):
                 group.create_task(self._worker(None))
-            await asyncio.sleep(RAMP_SETTLE)  # new connections' handshakes are not their speed
-            if await self._rate_over(RAMP_WINDOW) >= single * RAMP_GAIN:
-                return
+            await self._answers(wanted, RAMP_SETTLE)  # handshakes are not the connections' speed
+            together = await self._rate_over(RAMP_SAMPLE * wanted, RAMP_WINDOW)
+            if together >= single * RAMP_GAIN or self._allowed < wanted:
+                return  # faster, or the server set the number (`_refused`)
             self._allowed = 1  # the extra workers stop after their current piece
             await asyncio.sleep(pause)
             pause *= 2
 
-    async def _rate_over(self, seconds: float) -> float:
-        before = self.progress.done
-        await asyncio.sleep(seconds)
-        return (self.progress.done - before) / seconds
+    async def _rate_over(self, least_bytes: int, most_seconds: float) -> float:
+        """Bytes per second from now until `least_bytes` have moved or `most_seconds` passed."""
+        before, began = self.progress.done, time.monotonic()
+        while True:
+            await asyncio.sleep(RAMP_POLL)
+            moved, elapsed = self.progress.done - before, time.monotonic() - began
+            if moved >= least_bytes or elapsed >= most_seconds or not self._pending:
+                return moved / elapsed
+
+    async def _answers(self, workers: int, most_seconds: float) -> None:
+        """Wait until `workers` requests have their response headers (or `most_seconds`)."""
+        deadline = time.monotonic() + most_seconds
+        while self._answered < min(workers, self._running) and time.monotonic() < deadline and self._pending:
+            await asyncio.sleep(RAMP_POLL)
+
+    def _refused(self) -> None:
+        """An extra connection was answered 429/503: keep to the ones the server accepted."""
+        self._ceiling = max(1, min(self._ceiling, self._running - 1))
+        self._allowed = min(self._allowed, self._ceiling)
 
     async def _worker(self, response: WireResponse | None) -> None:
         self._running += 1
         try:
             while self._pending and self._running <= self._allowed:
                 index = self._pending.pop(0)
-                await self._fetch_piece(index, response)
+                try:
+                    await self._fetch_piece(index, response)
+                except _Refused:
+                    bisect.insort(self._pending, index)  # another connection takes it
+                    self._refused()
+                    return
                 response = None
         finally:
             self._running -= 1
@@ -420,10 +462,13 @@ class _FileTransfer:
             offset = start + before
             if end is not None and offset >= end:
                 return
+            answered = False
             try:
                 if response is None:
                     byte_range = f"bytes={offset}-" if end is None else f"bytes={offset}-{end - 1}"
                     response = await self._request(byte_range, if_range=self.state.layout.validator)
+                self._answered += 1
+                answered = True
                 self._accept(response, offset)
                 try:
                     await self._in_thread(self._stream_into_piece, response, index, start, end)
@@ -444,12 +489,17 @@ class _FileTransfer:
                     # the failure does not count against the retries.
                     failures = 0
                     self.progress.note(f"{retry.reason}; resuming at {format_bytes(start + self.state.done[index])}")
+                elif retry.status in REFUSALS and self._running > 1:
+                    self.progress.note(f"{retry.reason} to an extra connection; keeping to {self._running - 1}")
+                    raise _Refused() from None
                 else:
                     failures += 1
                     if failures > self.options.max_retries:
                         raise retry.error from None
                     await self._back_off(retry, failures)
             finally:
+                if answered:
+                    self._answered -= 1
                 if response is not None:
                     response.release()
                     response = None
@@ -640,7 +690,8 @@ class _FileTransfer:
                     f"the server failed (HTTP {status}) for {where} after {self.options.max_retries} retries"
                 )
             reason = f"HTTP {status} from {URL(where).host}"
-            return _Retryable(error, reason, delay=None if delay is None else min(delay, MAX_RETRY_AFTER))
+            delay = None if delay is None else min(delay, MAX_RETRY_AFTER)
+            return _Retryable(error, reason, delay=delay, status=status)
         return permanent_status_error(status, where, response.reason or "")
 
     def _retryable_from(self, exc: BaseException) -> _Retryable:
