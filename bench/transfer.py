@@ -1,27 +1,35 @@
-"""Issue 2's transfer benchmark: modelpull against curl and aria2c, from a local nginx.
+"""Issue 13's transfer benchmark: modelpull with its defaults against aria2c and curl, from a local nginx.
 
-In one run, each case measured ``--runs`` times (round-robin over the tools, medians reported):
+One run measures every case below ``--runs`` times (default 5), the tools of a case taking turns
+(round-robin), and reports medians and paired ratios (the median over rounds of A's time ÷ B's
+time in the same round, so that a machine whose speed drifts hits both alike):
 
-1. unthrottled, a ``--size-mib`` file (1 GiB): ``modelpull pull URL --to DIR --sha256 HEX --quiet``
-   vs ``curl -o`` vs ``aria2c -x16 -s16`` (curl and aria2c do not hash; modelpull verifies sha256
-   and fsyncs the file before renaming it), and for reading those: ``curl -o`` then
-   ``sha256sum -c`` (the same check by hand), then also ``sync FILE`` (the same durability);
-2. the same file from an nginx with ``limit_rate 20m`` (each connection capped at 20 MiB/s):
-   modelpull (default 8 connections, and ``--connections 16``) vs curl vs aria2c -x16 -s16;
-3. modelpull's peak RSS (process tree) while downloading the same file, and a ``--big-size-mib``
-   (4 GiB) one, unthrottled;
-4. for reading the others: a 1 KiB file, modelpull vs curl, i.e. modelpull's fixed cost per
-   download (interpreter start, imports, one request, verification, rename).
+====================================  ==================================================  ===============
+case                                  compared                                            target
+====================================  ==================================================  ===============
+1 GiB, nginx ``limit_rate 20m``       modelpull (defaults) ÷ ``aria2c -x16 -s16 -k8M``    ≤ 1.00×
+256 MiB, same                         modelpull (defaults) ÷ aria2c                       ≤ 1.20×
+256 MiB, same                         modelpull ``--connections 16`` ÷ aria2c             (for reading)
+1 GiB unthrottled, sha256 + fsync     modelpull ``--sha256`` ÷ ``curl -o`` (no hash)      ≤ 1.55×
+1 KiB file (fixed cost)               modelpull wall, median                              ≤ 0.15 s
+1 GiB unthrottled (one connection     modelpull (defaults) ÷ ``--connections 1``:         ≤ 1.03×
+fills the link)                       what the ramp costs there
+====================================  ==================================================  ===============
 
-It prints the raw medians, then the ratios next to issue 2's targets, as a text table and as
-markdown for the README. modelpull runs through its CLI (``.venv/bin/modelpull``) when that
-exists, else through ``modelpull.pull()`` in ``python -c`` (``--modelpull`` forces one); when
-neither works its rows are skipped and the curl/aria2c parts still run.
+``--before PATH`` adds a second modelpull CLI (another checkout's ``.venv/bin/modelpull``, e.g.
+main's code) to every modelpull row, run in the same rounds: the table then shows before and
+after side by side. Also measured: ``curl -o; sha256sum -c`` (the same check by hand), aria2c
+unthrottled, modelpull's peak RSS, and with ``--big-size-mib`` a bigger file for RSS flatness.
 
-    .venv/bin/python bench/transfer.py                 # the real thing: ~10 GB of disk, minutes
-    .venv/bin/python bench/transfer.py --quick         # 128 MiB / 512 MiB files: proves it works
+Every modelpull run is ``modelpull pull URL --to DIR --sha256 HEX --quiet`` (the file is hashed
+and fsync'd before its rename); curl and aria2c neither hash nor fsync. Every download is checked
+(one file of the right size; its sha256 on each tool's first run).
 
-Run the real thing on a quiet machine: wall times on a shared, busy one say little.
+    .venv/bin/python bench/transfer.py --before /path/to/main/.venv/bin/modelpull
+    .venv/bin/python bench/transfer.py --quick          # 128 MiB / 64 MiB files, 2 runs: does it work?
+
+Wall times on a shared, busy machine say little: the report prints the load average before and
+after; quote ratios.
 """
 from __future__ import annotations
 
@@ -35,21 +43,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import _nginx
 from _nginx import MiB
 
 MODELPULL_CLI = Path(sys.executable).parent / "modelpull"
-API_WRAPPER = """\
-import sys
-import modelpull
-url, models_dir, sha256, connections = sys.argv[1:5]
-options = {"sha256": sha256}
-if connections:
-    options["connections"] = int(connections)
-modelpull.pull(url, models_dir=models_dir, **options)
-"""
 CHILD_ENV = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+for _variable in ("MODELPULL_CONNECTIONS", "MODELPULL_MULTIPART_THRESHOLD"):  # the defaults are measured
+    CHILD_ENV.pop(_variable, None)
 
 
 # ------------------------------------------------------------------------------------- tools
@@ -60,52 +62,50 @@ class Tool:
     """One way to download a URL into an empty directory."""
 
     name: str
-    kind: str  # "curl", "aria2c", "modelpull"
+    kind: str  # "curl", "curl+sha256sum", "aria2c", "modelpull"
     connections: int | None = None  # modelpull only: None = its default
+    cli: Path | None = None  # modelpull only: which installation
 
-    def command(self, url: str, out_dir: Path, sha256: str, driver: str) -> list[str]:
+    def command(self, url: str, out_dir: Path, sha256: str) -> list[str]:
         if self.kind == "curl":
             return ["curl", "-sS", "-f", "-o", str(out_dir / "model.bin"), url]
-        if self.kind in ("curl+sha256sum", "curl+sha256sum+sync"):
-            # What a user runs by hand for modelpull's guarantees: the digest checked, and (with
-            # sync FILE, an fsync) the file on disk before anything relies on it.
+        if self.kind == "curl+sha256sum":
+            # What a user runs by hand for modelpull's digest check.
             script = 'curl -sS -f -o "$1" "$2" && echo "$3  $1" | sha256sum --quiet -c'
-            if self.kind.endswith("+sync"):
-                script += ' && sync "$1"'
             return ["sh", "-c", script, "sh", str(out_dir / "model.bin"), url, sha256]
         if self.kind == "aria2c":
-            return ["aria2c", "-x16", "-s16", "--dir", str(out_dir), "--out", "model.bin",
+            return ["aria2c", "-x16", "-s16", "-k8M", "--dir", str(out_dir), "--out", "model.bin",
                     "--allow-overwrite=true", "--auto-file-renaming=false", "--quiet=true", url]
+        assert self.cli is not None
         connections = [] if self.connections is None else ["--connections", str(self.connections)]
-        if driver == "cli":
-            return [str(MODELPULL_CLI), "pull", url, "--to", str(out_dir), "--sha256", sha256, "--quiet", *connections]
-        return [sys.executable, "-c", API_WRAPPER, url, str(out_dir), sha256,
-                "" if self.connections is None else str(self.connections)]
+        return [str(self.cli), "pull", url, "--to", str(out_dir), "--sha256", sha256, "--quiet", *connections]
 
 
 CURL = Tool("curl -o", "curl")
 CURL_CHECKED = Tool("curl -o; sha256sum -c", "curl+sha256sum")
-CURL_CHECKED_SYNCED = Tool("curl -o; sha256sum -c; sync FILE", "curl+sha256sum+sync")
-ARIA2C = Tool("aria2c -x16 -s16", "aria2c")
-MODELPULL = Tool("modelpull", "modelpull")
-MODELPULL_16 = Tool("modelpull --connections 16", "modelpull", 16)
+ARIA2C = Tool("aria2c -x16 -s16 -k8M", "aria2c")
 
 
-def find_modelpull_driver(forced: str) -> tuple[str | None, str]:
-    """("cli" | "api" | None, why): how to run modelpull here."""
-    if forced in ("auto", "cli") and MODELPULL_CLI.exists():
-        probe = subprocess.run([str(MODELPULL_CLI), "pull", "--help"], capture_output=True, text=True)
-        if probe.returncode == 0:
-            return "cli", f"CLI {MODELPULL_CLI}"
-        if forced == "cli":
-            return None, f"{MODELPULL_CLI} pull --help failed: {probe.stderr.strip()[-300:]}"
-    elif forced == "cli":
-        return None, f"no {MODELPULL_CLI}"
-    probe = subprocess.run([sys.executable, "-c", "import modelpull; modelpull.pull"], capture_output=True, text=True)
-    if probe.returncode == 0:
-        return "api", "modelpull.pull() via python -c"
-    return None, "neither the modelpull CLI nor modelpull.pull() works yet: " + (
-        probe.stderr.strip().splitlines() or ["?"])[-1]
+@dataclasses.dataclass(frozen=True)
+class Modelpull:
+    """One installation of modelpull ("after": this checkout; "before": --before) and its variants."""
+
+    label: str  # "" for this checkout, "before" for --before
+    cli: Path
+
+    def tool(self, connections: int | None = None) -> Tool:
+        name = "modelpull" + (f" ({self.label})" if self.label else "")
+        if connections is not None:
+            name += f" --connections {connections}"
+        return Tool(name, "modelpull", connections, self.cli)
+
+
+def working_cli(path: Path) -> str | None:
+    """None if `path pull --help` works, else why not."""
+    if not path.exists():
+        return f"no {path}"
+    probe = subprocess.run([str(path), "pull", "--help"], capture_output=True, text=True)
+    return None if probe.returncode == 0 else f"{path} pull --help failed: {probe.stderr.strip()[-300:]}"
 
 
 # -------------------------------------------------------------------------------------- runs
@@ -113,7 +113,7 @@ def find_modelpull_driver(forced: str) -> tuple[str | None, str]:
 
 @dataclasses.dataclass
 class Case:
-    """One file from one server, downloaded by several tools."""
+    """One file from one server, downloaded by several tools in turn."""
 
     title: str
     url: str
@@ -123,9 +123,17 @@ class Case:
     runs: int
     results: dict[str, list[_nginx.Measurement]] = dataclasses.field(default_factory=dict)
 
+    def walls(self, tool: Tool) -> list[float]:
+        return [m.wall_seconds for m in self.results.get(tool.name, [])]
+
     def median_wall(self, tool: Tool) -> float | None:
-        done = self.results.get(tool.name)
-        return _nginx.median(m.wall_seconds for m in done) if done else None
+        walls = self.walls(tool)
+        return _nginx.median(walls) if walls else None
+
+    def paired_ratio(self, tool: Tool, other: Tool) -> float | None:
+        """Median over rounds of tool's wall ÷ other's wall in the same round."""
+        pairs = list(zip(self.walls(tool), self.walls(other)))
+        return _nginx.median(a / b for a, b in pairs) if pairs else None
 
     def peak_rss(self, tool: Tool) -> int | None:
         done = self.results.get(tool.name)
@@ -142,7 +150,7 @@ def downloaded_file(out_dir: Path, size: int) -> Path:
     return found[0]
 
 
-def run_case(case: Case, work: Path, driver: str | None) -> None:
+def run_case(case: Case, work: Path) -> None:
     timeout = max(120.0, case.size / (4 * MiB))  # nothing here should be slower than 4 MiB/s
     print(f"\n== {case.title} ({_nginx.fmt_bytes(case.size)}, {case.runs} runs)", flush=True)
     for run in range(case.runs):
@@ -151,19 +159,31 @@ def run_case(case: Case, work: Path, driver: str | None) -> None:
             shutil.rmtree(out_dir, ignore_errors=True)
             out_dir.mkdir()
             os.sync()  # start without the previous run's dirty pages still being written back
-            measured = _nginx.run_measured(tool.command(case.url, out_dir, case.sha256, driver or ""),
-                                           env=CHILD_ENV, timeout=timeout)
+            measured = _nginx.run_measured(tool.command(case.url, out_dir, case.sha256), env=CHILD_ENV,
+                                           timeout=timeout)
             result = downloaded_file(out_dir, case.size)  # also proves the exit status was honest
             if run == 0 and _nginx.sha256_file(result) != case.sha256:  # once per tool: hashing costs time
                 raise RuntimeError(f"{tool.name} wrote wrong bytes to {result}")
             case.results.setdefault(tool.name, []).append(measured)
-            print(f"  run {run + 1}/{case.runs}  {tool.name:28} {measured.wall_seconds:7.2f} s"
-                  f"  {case.size / MiB / measured.wall_seconds:7.0f} MiB/s"
+            print(f"  run {run + 1}/{case.runs}  {tool.name:40} {measured.wall_seconds:7.2f} s"
                   f"  CPU {measured.cpu_seconds:6.2f} s  RSS {_nginx.fmt_mb(measured.peak_rss_bytes)}", flush=True)
     shutil.rmtree(work / "out", ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------ report
+
+
+@dataclasses.dataclass
+class Cases:
+    tiny: Case
+    unthrottled: Case
+    throttled_big: Case
+    throttled_small: Case
+    rss: Case | None
+
+    def all(self) -> list[Case]:
+        return [case for case in (self.tiny, self.unthrottled, self.throttled_big, self.throttled_small, self.rss)
+                if case is not None]
 
 
 def raw_rows(cases: list[Case]) -> list[list[str]]:
@@ -184,71 +204,86 @@ def raw_rows(cases: list[Case]) -> list[list[str]]:
     return rows
 
 
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    return None if numerator is None or denominator is None else numerator / denominator
+def issue_rows(cases: Cases, after: Modelpull, before: Modelpull | None) -> list[list[str]]:
+    """Issue 13's table: one row per target, before and after side by side."""
 
+    def show(value: float | None, seconds: bool = False) -> str:
+        if value is None:
+            return "n/a"
+        return _nginx.fmt_seconds(value) if seconds else _nginx.fmt_ratio(value)
 
-def verdict(value: float | None, ok: bool | None) -> str:
-    if value is None or ok is None:
-        return "n/a"
-    return "yes" if ok else "NO"
+    def met(value: float | None, limit: float | None) -> str:
+        if value is None or limit is None:
+            return ""
+        return "yes" if value <= limit else "NO"
 
-
-def ratio_rows(tiny: Case, unthrottled: Case, throttled: Case, big: Case | None) -> list[list[str]]:
-    def show(value: float | None) -> str:
-        return "n/a" if value is None else _nginx.fmt_ratio(value)
+    def wall(case: Case, tool: Tool) -> str:
+        value = case.median_wall(tool)
+        return "n/a" if value is None else _nginx.fmt_seconds(value)
 
     rows = []
-    fixed_modelpull, fixed_curl = tiny.median_wall(MODELPULL), tiny.median_wall(CURL)
-    fixed = None if fixed_modelpull is None or fixed_curl is None else fixed_modelpull - fixed_curl
-    rows.append(["1 KiB file: modelpull wall − curl wall (fixed cost)",
-                 "n/a" if fixed is None else _nginx.fmt_seconds(fixed), "—", ""])
-    modelpull_vs_curl = ratio(unthrottled.median_wall(MODELPULL), unthrottled.median_wall(CURL))
-    rows.append(["unthrottled: modelpull wall ÷ curl wall", show(modelpull_vs_curl), "≤ 1.15×",
-                 verdict(modelpull_vs_curl, modelpull_vs_curl is not None and modelpull_vs_curl <= 1.15)])
-    modelpull_vs_aria = ratio(unthrottled.median_wall(MODELPULL), unthrottled.median_wall(ARIA2C))
-    rows.append(["unthrottled: modelpull wall ÷ aria2c wall", show(modelpull_vs_aria), "—", ""])
-    for tool in (CURL_CHECKED, CURL_CHECKED_SYNCED):
-        versus = ratio(unthrottled.median_wall(MODELPULL), unthrottled.median_wall(tool))
-        rows.append([f"unthrottled: modelpull wall ÷ ({tool.name}) wall", show(versus), "—", ""])
-    for tool in (MODELPULL, MODELPULL_16):
-        speedup = ratio(throttled.median_wall(CURL), throttled.median_wall(tool))
-        rows.append([f"{throttled.title}: curl wall ÷ {tool.name} wall", show(speedup), "≥ 6×",
-                     verdict(speedup, speedup is not None and speedup >= 6)])
-    for tool in (MODELPULL, MODELPULL_16):
-        versus = ratio(throttled.median_wall(tool), throttled.median_wall(ARIA2C))
-        rows.append([f"{throttled.title}: {tool.name} wall ÷ aria2c wall", show(versus), "≤ 1.00×",
-                     verdict(versus, versus is not None and versus <= 1.0)])
-    small_rss = unthrottled.peak_rss(MODELPULL)
-    for case, rss in ((unthrottled, small_rss), (big, big.peak_rss(MODELPULL) if big else None)):
-        if case is None:
-            continue
-        rows.append([f"peak RSS of modelpull, {case.size // MiB} MiB file",
-                     "n/a" if rss is None else _nginx.fmt_mb(rss), "≤ 120 MB",
-                     verdict(rss, rss is not None and rss <= 120e6)])
-    if big is not None:
-        growth = ratio(big.peak_rss(MODELPULL), small_rss)
-        rows.append([f"peak RSS {big.size // MiB} MiB ÷ {unthrottled.size // MiB} MiB", show(growth),
-                     "≈ 1× (flat)", verdict(growth, growth is not None and growth <= 1.10)])
+    versions = [after] if before is None else [before, after]
+
+    def ratio_row(label: str, case: Case, connections: int | None, peer_of: Callable[[Modelpull], Tool],
+                  limit: float | None, target: str) -> None:
+        measured = {v.label: case.paired_ratio(v.tool(connections), peer_of(v)) for v in versions}
+        walls = " / ".join(wall(case, v.tool(connections)) for v in versions)
+        peer = peer_of(after)
+        now = measured[after.label]
+        rows.append([label, walls, f"{peer.name} {wall(case, peer)}",
+                     *([show(measured["before"])] if before else []), show(now), target, met(now, limit)])
+
+    def aria2c(_: Modelpull) -> Tool:
+        return ARIA2C
+
+    def curl(_: Modelpull) -> Tool:
+        return CURL
+
+    def one_connection(version: Modelpull) -> Tool:  # each version against its own single connection
+        return version.tool(1)
+
+    big, small, unthrottled = cases.throttled_big, cases.throttled_small, cases.unthrottled
+    ratio_row(f"{big.title}: defaults ÷ aria2c", big, None, aria2c, 1.0, "≤ 1.00×")
+    ratio_row(f"{small.title}: defaults ÷ aria2c", small, None, aria2c, 1.2, "≤ 1.20×")
+    ratio_row(f"{small.title}: --connections 16 ÷ aria2c", small, 16, aria2c, None, "—")
+    ratio_row(f"{unthrottled.title}, sha256 + fsync: ÷ curl", unthrottled, None, curl, 1.55, "≤ 1.55×")
+    ratio_row(f"{unthrottled.title}: defaults ÷ --connections 1 (the ramp's cost)", unthrottled, None,
+              one_connection, 1.03, "≤ 1.03×")
+    tiny = cases.tiny
+    fixed = {v.label: tiny.median_wall(v.tool()) for v in versions}
+    now = fixed[after.label]
+    rows.append([f"{tiny.title}: modelpull wall", " / ".join(show(fixed[v.label], True) for v in versions),
+                 f"{CURL.name} {wall(tiny, CURL)}", *([show(fixed["before"], True)] if before else []),
+                 show(now, True), "≤ 0.15 s", met(now, 0.15)])
+    rss = {v.label: cases.unthrottled.peak_rss(v.tool()) for v in versions}
+    rows.append([f"peak RSS, {cases.unthrottled.title}", " / ".join(
+        "n/a" if rss[v.label] is None else _nginx.fmt_mb(rss[v.label]) for v in versions), "",
+        *([""] if before else []), "", "", ""])
+    if cases.rss is not None:
+        rows.append([f"peak RSS, {cases.rss.title}", _nginx.fmt_mb(cases.rss.peak_rss(after.tool()) or 0), "",
+                     *([""] if before else []), "", "", ""])
     return rows
 
 
-def print_report(cases: list[Case], tiny: Case, unthrottled: Case, throttled: Case, big: Case | None,
-                 driver_note: str, args: argparse.Namespace) -> None:
+def print_report(cases: Cases, after: Modelpull, before: Modelpull | None, args: argparse.Namespace) -> None:
+    walls = "modelpull wall (before / after)" if before else "modelpull wall"
+    issue_headers = ["case", walls, "peer wall", *(["ratio before"] if before else []),
+                     "ratio" + (" after" if before else ""), "target", "met"]
     raw_headers = ["case", "tool", "wall (median)", "MiB/s", "CPU", "peak RSS", "all runs (s)"]
-    ratio_headers = ["measure", "measured", "target (issue 2)", "met"]
-    raw, ratios = raw_rows(cases), ratio_rows(tiny, unthrottled, throttled, big)
+    issue, raw = issue_rows(cases, after, before), raw_rows(cases.all())
+    load_after = " ".join(f"{load:.2f}" for load in os.getloadavg())
     about = (f"{platform.node()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
-             f"{time.strftime('%Y-%m-%d %H:%M')}; modelpull: {driver_note}; "
-             f"medians of {args.runs} runs; load average before: {args.load_before}")
+             f"{time.strftime('%Y-%m-%d %H:%M')}; medians of {args.runs} runs, ratios paired by round; "
+             f"load average before {args.load_before}, after {load_after}"
+             + (f"; before = {before.cli}" if before else ""))
     print("\n" + about + "\n")
-    print(_nginx.format_table(raw_headers, raw))
+    print(_nginx.format_table(issue_headers, issue))
     print()
-    print(_nginx.format_table(ratio_headers, ratios))
-    print("\nmarkdown for the README:\n")
-    print(f"<!-- bench/transfer.py --size-mib {args.size_mib} --big-size-mib {args.big_size_mib} "
+    print(_nginx.format_table(raw_headers, raw))
+    print("\nmarkdown:\n")
+    print(f"<!-- bench/transfer.py --size-mib {args.size_mib} --small-size-mib {args.small_size_mib} "
           f"--runs {args.runs}; {about} -->")
-    print(_nginx.format_markdown_table(ratio_headers, ratios))
+    print(_nginx.format_markdown_table(issue_headers, issue))
     print()
     print(_nginx.format_markdown_table(raw_headers, raw))
 
@@ -258,57 +293,72 @@ def print_report(cases: list[Case], tiny: Case, unthrottled: Case, throttled: Ca
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-mib", type=int, default=None, help="the main file (default 1024; --quick 128)")
-    parser.add_argument("--big-size-mib", type=int, default=None,
-                        help="the file for the RSS check (default 4096; --quick 512; 0 skips it)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per tool and case (default 3)")
-    parser.add_argument("--quick", action="store_true", help="small files (128 MiB, 512 MiB): proves the script works")
-    parser.add_argument("--limit-rate", default="20m", help="nginx limit_rate for the throttled case (default 20m)")
-    parser.add_argument("--modelpull", choices=("auto", "cli", "api"), default="auto",
-                        help="how to run modelpull (default: the CLI if it exists)")
+    parser.add_argument("--size-mib", type=int, default=None, help="the big file (default 1024; --quick 128)")
+    parser.add_argument("--small-size-mib", type=int, default=None,
+                        help="the throttled small file (default 256; --quick 64)")
+    parser.add_argument("--big-size-mib", type=int, default=0,
+                        help="a file for the RSS check, unthrottled, modelpull only (e.g. 4096; default 0: skipped)")
+    parser.add_argument("--runs", type=int, default=None, help="rounds per case (default 5; --quick 2)")
+    parser.add_argument("--quick", action="store_true", help="small files, 2 runs: proves the script works")
+    parser.add_argument("--limit-rate", default="20m", help="nginx limit_rate for the throttled cases (default 20m)")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="another modelpull CLI (e.g. main's .venv/bin/modelpull) measured in the same rounds")
     parser.add_argument("--workdir", type=Path, default=None, help="where the files go (default: a temp dir)")
     args = parser.parse_args()
-    if args.size_mib is None:
-        args.size_mib = 128 if args.quick else 1024
-    if args.big_size_mib is None:
-        args.big_size_mib = 512 if args.quick else 4096
+    args.size_mib = args.size_mib or (128 if args.quick else 1024)
+    args.small_size_mib = args.small_size_mib or (64 if args.quick else 256)
+    args.runs = args.runs or (2 if args.quick else 5)
     args.load_before = " ".join(f"{load:.2f}" for load in os.getloadavg())
 
     _nginx.ensure_tools(("nginx", "curl", "aria2c"))
-    driver, driver_note = find_modelpull_driver(args.modelpull)
-    print(f"modelpull: {driver_note}", flush=True)
-    modelpull_tools = [MODELPULL] if driver else []
-    modelpull_16 = [MODELPULL_16] if driver else []
+    problem = working_cli(MODELPULL_CLI)
+    if problem:
+        sys.exit(f"modelpull: {problem}")
+    after = Modelpull("", MODELPULL_CLI)
+    before = None
+    if args.before is not None:
+        problem = working_cli(args.before)
+        if problem:
+            sys.exit(f"--before: {problem}")
+        before = Modelpull("before", args.before)
+    versions = [after] if before is None else [before, after]
+
+    def each(*connections: int | None) -> list[Tool]:
+        return [version.tool(count) for count in connections for version in versions]
 
     with tempfile.TemporaryDirectory(prefix="modelpull-bench-", dir=args.workdir) as tmp:
         work = Path(tmp)
         www = work / "www"
         www.mkdir()
-        print(f"making a {args.size_mib} MiB file ...", flush=True)
-        sha256 = _nginx.make_file(www / "model.bin", args.size_mib * MiB)
+        print(f"making {args.size_mib} MiB and {args.small_size_mib} MiB files ...", flush=True)
+        big_sha256 = _nginx.make_file(www / "big.bin", args.size_mib * MiB)
+        small_sha256 = _nginx.make_file(www / "small.bin", args.small_size_mib * MiB)
         tiny_sha256 = _nginx.make_file(www / "tiny.bin", 1024)
-        _nginx.warm_page_cache(www / "model.bin")
+        for name in ("big.bin", "small.bin"):
+            _nginx.warm_page_cache(www / name)
         with _nginx.start_nginx(www) as fast, _nginx.start_nginx(www, limit_rate=args.limit_rate) as slow:
-            unthrottled = Case("unthrottled", fast.url("model.bin"), args.size_mib * MiB, sha256,
-                               [CURL, *modelpull_tools, ARIA2C, CURL_CHECKED, CURL_CHECKED_SYNCED], args.runs)
-            throttled = Case(f"limit_rate {args.limit_rate}", slow.url("model.bin"), args.size_mib * MiB, sha256,
-                             [CURL, *modelpull_tools, *modelpull_16, ARIA2C], args.runs)
-            tiny = Case("1 KiB file (fixed cost)", fast.url("tiny.bin"), 1024, tiny_sha256,
-                        [CURL, *modelpull_tools], args.runs)
-            cases = [tiny, unthrottled, throttled]
-            run_case(tiny, work, driver)
-            run_case(unthrottled, work, driver)
-            run_case(throttled, work, driver)
-            big = None
-            if driver and args.big_size_mib:
-                (www / "model.bin").unlink()  # make room: the big file and its copy next
+            cases = Cases(
+                tiny=Case("1 KiB file", fast.url("tiny.bin"), 1024, tiny_sha256, [CURL, *each(None)], args.runs),
+                unthrottled=Case(f"{args.size_mib} MiB unthrottled", fast.url("big.bin"), args.size_mib * MiB,
+                                 big_sha256, [CURL, *each(None, 1), ARIA2C, CURL_CHECKED], args.runs),
+                throttled_big=Case(f"{args.size_mib} MiB limit_rate {args.limit_rate}", slow.url("big.bin"),
+                                   args.size_mib * MiB, big_sha256, [*each(None), ARIA2C], args.runs),
+                throttled_small=Case(f"{args.small_size_mib} MiB limit_rate {args.limit_rate}",
+                                     slow.url("small.bin"), args.small_size_mib * MiB, small_sha256,
+                                     [*each(None, 16), ARIA2C], args.runs),
+                rss=None,
+            )
+            for case in cases.all():
+                run_case(case, work)
+            if args.big_size_mib:
+                for name in ("big.bin", "small.bin"):
+                    (www / name).unlink()  # make room: the big file and its copy next
                 print(f"\nmaking a {args.big_size_mib} MiB file ...", flush=True)
-                big_sha256 = _nginx.make_file(www / "model.bin", args.big_size_mib * MiB)
-                big = Case("unthrottled, RSS", fast.url("model.bin"), args.big_size_mib * MiB, big_sha256,
-                           [MODELPULL], 1)
-                cases.append(big)
-                run_case(big, work, driver)
-    print_report(cases, tiny, unthrottled, throttled, big, driver_note, args)
+                rss_sha256 = _nginx.make_file(www / "rss.bin", args.big_size_mib * MiB)
+                cases.rss = Case(f"{args.big_size_mib} MiB unthrottled", fast.url("rss.bin"),
+                                 args.big_size_mib * MiB, rss_sha256, [after.tool()], 1)
+                run_case(cases.rss, work)
+    print_report(cases, after, before, args)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ MAX_RETRY_AFTER = 300.0
 # The connection ramp (see _FileTransfer._ramp_up). Rates come from bytes moved, polled:
 RAMP_POLL = 0.01  # seconds between looks at the byte counter
 RAMP_BURST = 1024 * 1024  # a new response's first bytes sit in socket buffers: not its rate
-RAMP_SAMPLE = 2 * 1024 * 1024  # bytes per connection that make a rate worth trusting
+RAMP_SAMPLE = 1024 * 1024  # bytes per connection that make a rate worth trusting (50 ms at 20 MB/s)
 RAMP_WINDOW = 0.3  # seconds: the longest a measurement waits for its bytes (a slow link)
 RAMP_SETTLE = 0.2  # seconds: the longest wait for new connections' first response headers
 RAMP_RETRY = 2.0  # seconds before trying more connections again after a trial said no
@@ -338,7 +338,7 @@ class _FileTransfer:
         Against a server that caps each connection (a CDN, `limit_rate`), `most` connections
         are `most` times faster. On a link one connection already fills (loopback, a LAN), the
         extra connections only cost CPU. So the first connection runs alone until it has moved
-        RAMP_SAMPLE bytes past its socket buffers' burst (a tenth of a second at 20 MB/s, a few
+        RAMP_SAMPLE bytes past its socket buffers' burst (50 ms at 20 MB/s, a few
         milliseconds on a fast link), then all of them open; once their responses have begun
         and they have moved RAMP_SAMPLE bytes each, they stay if at least RAMP_GAIN times
         faster than the one. A "no" is not final: one noisy window must not leave a capped
