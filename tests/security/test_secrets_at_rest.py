@@ -54,3 +54,18 @@ def test_signed_url_secrets_are_stored_only_in_the_model_field(start_server, fil
                        for url in (signed, with_password, failing) if secret in url)
         assert found, f"{secret} is not stored at all: the job could not resume"
         assert found == in_model, f"{secret} is stored outside the 'model' field ({found} vs {in_model})"
+
+
+def test_a_stored_record_redacts_urls_in_messages_and_paths():
+    from modelpull.server.jobs import Job
+
+    signed = f"https://user:{PASSWORD}@cdn.example/m.gguf?X-Amz-Signature={SIGNATURE}"
+    job = Job(id="j", provider="url", model=signed, options={}, source_key="k", lock_key="l")
+    job.message = f"connection to {signed} failed"
+    job.error_message = f"HTTP 403 from {signed}"
+    job.current_file = signed
+    record = job.to_record()
+    assert record["model"] == signed  # what resuming needs
+    stored = json.dumps({k: v for k, v in record.items() if k != "model"})
+    assert SIGNATURE not in stored and PASSWORD not in stored
+    assert "https://cdn.example/m.gguf" in record["error_message"]

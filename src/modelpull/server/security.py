@@ -135,7 +135,7 @@ def redact_query(query: str) -> str:
     return urlencode(redacted, safe="/:*")
 
 
-_URL_IN_TEXT = re.compile(r"(?i)\b(https?://)([^\s/?#@]*@)?([^\s?#]*)(\?[^\s#]*)?")
+_URL_IN_TEXT = re.compile(r"(?i)\b(https?://)([^\s/?#@]*@)?([^\s?#'\"]*)(\?[^\s#'\")\]]*)?")
 
 
 def redact_urls(text: str) -> str:
