@@ -27,6 +27,14 @@ def upstream():
         yield server
 
 
+def _through(monkeypatch, proxy) -> None:
+    """Send the server's plain-http requests through `proxy` (the test's own calls go direct)."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.base_url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
 def _failed(server, job_id: str) -> dict:
     job = server.wait_status(job_id, "failed", "completed")
     assert job["status"] == "failed", job
@@ -57,6 +65,35 @@ def test_a_hub_name_that_rebinds_to_loopback_is_refused_at_connect(start_server,
     job = _failed(server, job["id"])
     assert fake_hub.hub_requests() == []
     assert job["error_code"] == "url_not_allowed", job
+
+
+def test_a_hub_name_reached_through_a_proxy_is_checked_before_the_request(start_server, hub_env, fake_hub,
+                                                                          rebinding_dns, monkeypatch):
+    from fakes.proxy import ForwardProxy
+
+    fake_hub.add_repo("org/model", {"config.json": b"{}"})
+    hub_env("https://huggingface.co", token=SERVER_TOKEN)
+    with ForwardProxy() as proxy:
+        _through(monkeypatch, proxy)
+        server = start_server(allow_private_urls=False)
+        name = rebinding_dns.add("hub.proxied.test")
+        job = server.submit("hf:org/model", base_url=f"http://{name}:{fake_hub.port}", options={"max_retries": 0})
+        job = _failed(server, job["id"])
+        assert proxy.requests == [] and fake_hub.hub_requests() == []
+        assert job["error_code"] == "url_not_allowed", job
+
+
+def test_an_ollama_name_reached_through_a_proxy_is_checked_before_the_request(start_server, rebinding_dns,
+                                                                              monkeypatch, admin):
+    from fakes.proxy import ForwardProxy
+
+    with ForwardProxy() as proxy:
+        _through(monkeypatch, proxy)
+        server = start_server(allow_private_urls=False)
+        name = rebinding_dns.add("ollama.proxied.test")
+        job = _failed(server, server.submit("ollama:llama3", base_url=f"http://{name}:{admin.port}")["id"])
+        assert proxy.requests == [] and admin.requests == []
+        assert job["error_code"] == "url_not_allowed", job
 
 
 def test_the_servers_hf_token_never_goes_to_a_client_chosen_base_url(start_server, hub_env, fake_hub):

@@ -95,19 +95,20 @@ class _PolicyBackend(_core.SyncBackend):
 
 
 class _Routes:
-    """One policy's transports: direct, and one per proxy."""
+    """One policy's transports: direct, and one per proxy (HTTP(S)_PROXY, NO_PROXY as when made)."""
 
     def __init__(self, policy: AddressCheck | None) -> None:
         self.policy = policy
+        self.proxies = urllib.request.getproxies_environment()
         self.direct = hub_http.HTTPTransport()
         if policy is not None:
             self.direct._pool._network_backend = _PolicyBackend(policy)  # no public knob for it
         self.proxied: dict[str, Any] = {}
 
-    def for_url(self, url: Any, proxies: dict[str, str]) -> Any:
+    def for_url(self, url: Any) -> Any:
         scheme, host = url.scheme, url.host
-        proxy = proxies.get(scheme)
-        if not proxy or urllib.request.proxy_bypass_environment(host, proxies):
+        proxy = self.proxies.get(scheme)
+        if not proxy or urllib.request.proxy_bypass_environment(host, self.proxies):
             return self.direct
         if self.policy is not None:
             check_name(host, url.port or (443 if scheme == "https" else 80), self.policy)
@@ -125,7 +126,6 @@ class _PolicyTransport(hub_http.BaseTransport):
         self._lock = threading.Lock()
         self._plain = _Routes(None)
         self._by_policy: weakref.WeakKeyDictionary[Any, _Routes] = weakref.WeakKeyDictionary()
-        self._proxies = urllib.request.getproxies_environment()
 
     def handle_request(self, request: Any) -> Any:
         policy = _POLICY.get()
@@ -136,7 +136,7 @@ class _PolicyTransport(hub_http.BaseTransport):
                 routes = self._by_policy.get(policy)
                 if routes is None:
                     routes = self._by_policy[policy] = _Routes(policy)
-            transport = routes.for_url(request.url, self._proxies)
+            transport = routes.for_url(request.url)
         return transport.handle_request(request)
 
     def close(self) -> None:

@@ -6,12 +6,14 @@ aiohttp costs about a quarter of a second, so only the providers that need it im
 With a URL policy (the server's), the session asks it for every connection: names through
 `PolicyResolver` (the policy's own DNS seam), IP literals before each request. aiohttp's
 automatic redirects would skip the second of those on every later hop, so redirects are
-followed here, one request per hop (`open_following_redirects`).
+followed here, one request per hop (`open_following_redirects`). Through a proxy the resolver
+only sees the proxy: the target's name is resolved and checked before the request instead.
 """
 from __future__ import annotations
 
 import asyncio
 import socket
+import urllib.request
 from typing import Any, Mapping
 
 import aiohttp
@@ -20,7 +22,7 @@ from yarl import URL
 
 from .._errors import SourceError
 from ._http import MAX_REDIRECTS, REDIRECT_STATUSES, USER_AGENT, next_hop, origin, public_url, too_many_redirects
-from ._policy import AddressCheck, AddressRefused, host_refusal, parse_address, resolve
+from ._policy import AddressCheck, AddressRefused, check_name, host_refusal, parse_address, resolve
 
 READ_BUFFER = 1024 * 1024
 
@@ -42,7 +44,7 @@ def new_session(
         # makes it stop and start thousands of times a second on a fast link.
         read_bufsize=READ_BUFFER,
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-        trace_configs=[_literal_check(policy)] if policy is not None else None,
+        trace_configs=[_request_check(policy)] if policy is not None else None,
     )
 
 
@@ -73,13 +75,21 @@ class PolicyResolver(AbstractResolver):
         pass
 
 
-def _literal_check(policy: AddressCheck) -> aiohttp.TraceConfig:
-    """Checks each request's host before it is sent: IP literals never reach the resolver."""
+def _request_check(policy: AddressCheck) -> aiohttp.TraceConfig:
+    """Checks each request's host before it is sent: IP literals never reach the resolver, and
+    through a proxy (HTTP(S)_PROXY) the target's name is resolved and checked here."""
+    proxies = urllib.request.getproxies_environment()
 
     async def on_request_start(session: Any, context: Any, params: aiohttp.TraceRequestStartParams) -> None:
-        host = params.url.raw_host or ""
+        url = params.url
+        host = url.raw_host or ""
         literal = parse_address(host)
-        reason = host_refusal(host) if literal is None else policy(host, params.url.port or 0, str(literal))
+        if literal is not None:
+            reason = policy(host, url.port or 0, str(literal))
+        else:
+            reason = host_refusal(host)
+            if reason is None and proxies.get(url.scheme) and not urllib.request.proxy_bypass_environment(host, proxies):
+                await asyncio.to_thread(check_name, host, url.port or 0, policy)
         if reason:
             raise AddressRefused(f"Refusing to connect to '{host}': {reason}")
 
