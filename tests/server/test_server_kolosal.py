@@ -29,15 +29,19 @@ def _check_progress_shape(body: dict, *, engine: bool) -> None:
     timing = body["timing"]
     assert isinstance(timing["start_time"], int) and timing["start_time"] > 1_600_000_000_000  # ms
     assert isinstance(timing["elapsed_seconds"], int)
-    allowed = {"start_time", "elapsed_seconds", "estimated_remaining_seconds", "end_time"}
-    assert set(timing) <= allowed
+    assert set(timing) <= {"start_time", "elapsed_seconds", "estimated_remaining_seconds", "end_time"}
+    # Always there (the seed's clients read it): null until known, 0 once completed.
+    remaining = timing["estimated_remaining_seconds"]
+    if body["status"] == "completed":
+        assert remaining == 0
+    elif body["status"] in ("queued", "paused", "failed", "cancelled"):
+        assert remaining is None
+    else:
+        assert remaining is None or isinstance(remaining, int)
     if body["status"] in ("completed", "failed", "cancelled"):
         assert isinstance(timing["end_time"], int) and timing["end_time"] >= timing["start_time"]
-        assert "estimated_remaining_seconds" not in timing
     else:
         assert "end_time" not in timing
-    if "estimated_remaining_seconds" in timing:
-        assert isinstance(timing["estimated_remaining_seconds"], int)
 
 
 def test_post_engines_with_a_url_answers_202_then_creates_the_engine(server, file_server, tmp_path):
@@ -185,11 +189,114 @@ def test_partial_data_on_disk_answers_resuming(server, file_server):
     ("http://[fe80::1]/model.gguf", "url_not_allowed"),
     ("hf:", "invalid_model_url"),
     ("ollama:has space", "invalid_model_url"),
+    ("https://exa mple.com/x.gguf", "invalid_model_url"),
+    ("https://example.com/a model.gguf", "invalid_model_url"),
+    ("https://exa%20mple.com/x.gguf", "invalid_model_url"),
+    ("https://-bad-.example.com/x.gguf", "invalid_model_url"),
+    ("https://a..b/x.gguf", "invalid_model_url"),
+    ("https://example.com:99999/x.gguf", "invalid_model_url"),
+    ("https:/example.com/x.gguf", "invalid_model_url"),
+    ("http:///x.gguf", "invalid_model_url"),
+    ("https://example.com/a\\tb.gguf", "invalid_model_url"),
 ])
 def test_invalid_or_refused_urls_answer_422_with_a_detailed_message(shared_server, model_path, code):
-    error = assert_error(shared_server.client.post("/engines", json={"engine_id": "x", "model_path": model_path}),
-                         422, "model_path", code)
-    assert len(error["message"]) > 20
+    model_path = model_path.replace("\\t", "\t")
+    for route, body in (("/engines", {"engine_id": "x", "model_path": model_path}),
+                        ("/models", {"model_id": "x", "model_path": model_path})):
+        error = assert_error(shared_server.client.post(route, json=body), 422, "model_path", code)
+        assert len(error["message"]) > 20
+    if model_path.startswith(("http://", "https://")):
+        error = assert_error(shared_server.client.post("/downloads", json={"model": model_path}), 422, "model", code)
+    # Refused before a job exists.
+    assert_error(shared_server.client.get("/download-progress/x"), 404)
+
+
+DASHBOARD_FORM = {  # what the Kolosal dashboard's "Add Model" posts with its form's defaults
+    "model_type": "llm", "model_load": True, "model_gpu": -1, "model_context": 4096, "model_batch": 512,
+    "model_layer": 0, "model_parallel": 1, "model_memory": True, "model_perform": True,
+    "model_inference": "llama-cpu",
+}
+
+
+def _check_status(body: dict, engines: dict) -> None:
+    """Kolosal's /status shape (also in /health)."""
+    assert body["status"] == "healthy" and isinstance(body["timestamp"], str) and body["server"]
+    loaded = sum(1 for s in engines.values() if s == "loaded")
+    assert body["node_manager"] == {"total_engines": len(engines), "loaded_engines": loaded,
+                                    "unloaded_engines": len(engines) - loaded, "autoscaling": "disabled"}
+    assert {e["engine_id"]: e["status"] for e in body["engines"]} == engines
+
+
+def test_the_dashboard_adds_lists_and_removes_a_model(server, file_server, tmp_path):
+    """The Kolosal dashboard's calls: GET /status, POST /models, GET /downloads, DELETE /models/{id}."""
+    _check_status(server.client.get("/status").json(), {})
+    data = gguf_bytes(tmp_path)
+    url = file_server.add_file("/dash/tiny.gguf", data, throttle_bps=SLOW)
+    response = server.client.post("/models", json={**DASHBOARD_FORM, "model_id": "dash", "model_path": url})
+    assert response.status_code == 202, response.text
+    assert set(response.json()) == STARTED_KEYS
+    listed = server.client.get("/v1/downloads").json()["active_downloads"]
+    assert [d["model_id"] for d in listed] == ["dash"]
+    assert listed[0]["timing"]["estimated_remaining_seconds"] is None or listed[0]["status"] == "downloading"
+    server.wait_status("dash", "completed")
+    progress = server.client.get("/download-progress/dash").json()
+    assert progress["timing"]["estimated_remaining_seconds"] == 0
+    engine = server.client.get("/engines/dash").json()
+    assert engine["loading_parameters"]["n_ctx"] == 4096 and engine["loading_parameters"]["n_batch"] == 512
+    assert engine["loading_parameters"]["n_gpu_layers"] == 0 and engine["loading_parameters"]["warmup"] is True
+    assert engine["main_gpu_id"] == -1 and engine["status"] == "loaded"
+    for route in ("/status", "/v1/status", "/health", "/v1/health"):
+        _check_status(server.client.get(route).json(), {"dash": "loaded"})
+    # An unloaded engine counts as such; an empty number field (0) means the default.
+    path = make_gguf(tmp_path / "later.gguf")
+    created = server.client.post("/v1/models", json={**DASHBOARD_FORM, "model_id": "later", "model_path": str(path),
+                                                     "model_load": False, "model_context": 0})
+    assert created.status_code == 201, created.text
+    assert created.json()["loading_parameters"]["n_ctx"] == 4096
+    _check_status(server.client.get("/status").json(), {"dash": "loaded", "later": "unloaded"})
+    # Removing forgets the engine, never the file.
+    removed = server.client.delete("/models/dash")
+    assert removed.status_code == 200 and removed.json()["status"] == "removed"
+    assert (server.settings.home / "tiny.gguf").read_bytes() == data
+    _check_status(server.client.get("/status").json(), {"later": "unloaded"})
+    assert_error(server.client.delete("/models/dash"), 404, "engine_id")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("model_gpu", 99), ("model_context", -5), ("model_batch", "big"), ("model_load", "yes"),
+    ("model_layer", 5000), ("surprise", 1),
+])
+def test_dashboard_fields_are_checked_and_named(shared_server, field, value):
+    body = {**DASHBOARD_FORM, "model_id": "bad", "model_path": "http://127.0.0.1:9/x.gguf", field: value}
+    assert_error(shared_server.client.post("/models", json=body), 400, field)
+
+
+def test_options_and_405_name_every_method_of_the_path(shared_server):
+    options = shared_server.client.options("/downloads")
+    assert options.status_code == 204 and options.headers["allow"] == "DELETE, GET, OPTIONS, POST"
+    refused = shared_server.client.put("/v1/engines/x")
+    assert_error(refused, 405, None, "method_not_allowed")
+    assert refused.headers["allow"] == "DELETE, GET, OPTIONS"
+
+
+def test_cors_only_for_the_origins_the_operator_lists(start_server):
+    preflight = {"Origin": "http://127.0.0.1:3000", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"}
+    closed = start_server()
+    assert "access-control-allow-origin" not in closed.client.options("/models", headers=preflight).headers
+    assert "access-control-allow-origin" not in closed.client.get("/status", headers={"Origin": preflight["Origin"]}).headers
+    server = start_server(cors_origins=("http://127.0.0.1:3000",), api_key="k3y")
+    answer = server.client.options("/models", headers=preflight)  # no key: a preflight never carries one
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "http://127.0.0.1:3000"
+    assert "POST" in answer.headers["access-control-allow-methods"]
+    ok = server.client.get("/status", headers={"Origin": "http://127.0.0.1:3000"})
+    assert ok.headers["access-control-allow-origin"] == "http://127.0.0.1:3000"
+    import httpx
+
+    anonymous = httpx.get(server.url + "/status", headers={"Origin": "http://127.0.0.1:3000"})
+    assert anonymous.status_code == 401 and anonymous.headers["access-control-allow-origin"] == "http://127.0.0.1:3000"
+    other = server.client.options("/models", headers={**preflight, "Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
 
 
 def test_missing_local_file_is_400(shared_server, tmp_path):

@@ -135,7 +135,7 @@ def test_a_redirect_to_a_metadata_address_fails_the_download(server, file_server
 
 def test_health_metrics_and_docs(server, file_server):
     health = server.client.get("/health").json()
-    assert health["status"] == "ok" and {"version", "active", "queued", "uptime_seconds"} <= set(health)
+    assert health["status"] == "healthy" and {"version", "active", "queued", "uptime_seconds"} <= set(health)
     missing = file_server.add_file("/m.bin", b"x")
     file_server.add_fault("/m.bin", "status", times=10, methods=("GET", "HEAD"), code=404)
     job = server.submit(missing)

@@ -21,13 +21,15 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .. import __version__
 from .._settings import Settings
 from . import sse, views
-from .engines import EngineRegistry, parse_engine_request
+from .engines import EngineRegistry, parse_dashboard_model, parse_engine_request
 from .errors import ApiError, bad_request, not_found
 from .logs import SECRETS, silence_uvicorn_access_log
 from .manager import DownloadManager
@@ -38,7 +40,7 @@ log = logging.getLogger("modelpull.server")
 access_log = logging.getLogger("modelpull.access")
 
 MAX_BODY_BYTES = 64 * 1024
-UNPROTECTED_PATHS = frozenset({"/health"})
+UNPROTECTED_PATHS = frozenset({"/health", "/v1/health"})
 
 
 class BodyTooLarge(Exception):
@@ -232,12 +234,18 @@ def build_router() -> APIRouter:
     @router.post("/engines", status_code=201, openapi_extra=_body_doc(_ENGINE_BODY), tags=["engines"])
     async def add_engine(request: Request) -> Response:
         """Register an engine: at once for a file on disk (201), after its download otherwise (202)."""
-        engine_request = parse_engine_request(await read_json(request))
-        result = await _manager(request).add_engine(engine_request)
-        if result.kind == "created":
-            from_url = engine_request.model_path.lower().startswith(("http://", "https://"))
-            return JSONResponse(views.engine_created(result.engine, from_url), status_code=201)
-        return JSONResponse(views.engine_download_started(result.kind, result.job), status_code=202)
+        return await _add_engine(request, parse_engine_request(await read_json(request)))
+
+    @router.post("/models", tags=["engines"])
+    async def add_model(request: Request) -> Response:
+        """The Kolosal dashboard's "Add Model": `POST /engines` under its later name and fields."""
+        return await _add_engine(request, parse_dashboard_model(await read_json(request)))
+
+    @router.get("/status", tags=["engines"])
+    async def status(request: Request) -> Response:
+        """Kolosal's server status: its engines and their counts (the dashboard asks before adding)."""
+        manager = _manager(request)
+        return _json(views.kolosal_status(manager.engines.all(), manager.store.healthy))
 
     @router.get("/engines", tags=["engines"])
     async def list_engines(request: Request) -> Response:
@@ -258,7 +266,9 @@ def build_router() -> APIRouter:
         return _json(engine)
 
     @router.delete("/engines/{engine_id}", tags=["engines"])
+    @router.delete("/models/{engine_id}", tags=["engines"])
     async def remove_engine(engine_id: str, request: Request) -> Response:
+        """Forget an engine (the model file stays on disk)."""
         _check_engine_id(engine_id)
         if _manager(request).engines.remove(engine_id) is None:
             raise not_found("Engine not found or could not be removed", "engine_id", "engine_not_found")
@@ -368,6 +378,14 @@ def build_router() -> APIRouter:
         return await _abstractcore_stream(request, body["provider"], body["model"], token, body.get("base_url"))
 
     return router
+
+
+async def _add_engine(request: Request, engine_request: Any) -> Response:
+    result = await _manager(request).add_engine(engine_request)
+    if result.kind == "created":
+        from_url = engine_request.model_path.lower().startswith(("http://", "https://"))
+        return JSONResponse(views.engine_created(result.engine, from_url), status_code=201)
+    return JSONResponse(views.engine_download_started(result.kind, result.job), status_code=202)
 
 
 async def _abstractcore_stream(request: Request, provider: Any, model: Any, token: Any, base_url: Any) -> Response:
@@ -489,14 +507,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router, prefix="/v1", include_in_schema=False)
 
     @app.get("/health", tags=["operations"])
+    @app.get("/v1/health", tags=["operations"])
     async def health(request: Request) -> Response:
+        """Liveness (no API key needed): Kolosal's fields (status "healthy", node_manager, engines),
+        then modelpull's. 503 with status "unavailable" when the job store cannot be reached."""
         manager = _manager(request)
         counts = manager.counts()
         healthy = manager.store.healthy
-        return _json({"status": "ok" if healthy else "unavailable", "version": __version__,
-                      "database": "ok" if healthy else "unreachable", "replica_id": manager.store.replica_id,
-                      "active": manager.running_transfers, "queued": counts.get("queued", 0),
-                      "uptime_seconds": round(time.time() - manager.started, 1)}, 200 if healthy else 503)
+        body = views.kolosal_status(manager.engines.all(), healthy)
+        body.update({"version": __version__, "database": "ok" if healthy else "unreachable",
+                     "replica_id": manager.store.replica_id, "active": manager.running_transfers,
+                     "queued": counts.get("queued", 0), "uptime_seconds": round(time.time() - manager.started, 1)})
+        return _json(body, 200 if healthy else 503)
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     async def metrics(request: Request) -> PlainTextResponse:
@@ -526,11 +548,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if exc.status_code == 404:
             error = not_found(f"No route {request.method} {request.url.path}", None, "route_not_found")
         elif exc.status_code == 405:
-            error = ApiError(405, f"Method {request.method} is not allowed on {request.url.path}",
-                             code="method_not_allowed")
+            allow = ", ".join(_allowed_methods(request.app, request.url.path))
+            if request.method == "OPTIONS":  # what may be done here (a CORS preflight never gets here)
+                return Response(status_code=204, headers={"Allow": allow})
+            error = ApiError(405, f"Method {request.method} is not allowed on {request.url.path} (allowed: {allow})",
+                             code="method_not_allowed", headers={"Allow": allow})
         else:
             error = ApiError(exc.status_code, str(exc.detail))
-        return JSONResponse(error.body(), status_code=error.status, headers=getattr(exc, "headers", None))
+        return JSONResponse(error.body(), status_code=error.status,
+                            headers=error.headers or getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -546,7 +572,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         mount_web(app)
 
     app.add_middleware(Gatekeeper, settings=settings, counts=http_counts)
+    if settings.cors_origins:
+        # Outside the Gatekeeper: a browser's preflight carries no API key, and a 401 must still
+        # carry the CORS headers for the page to read it.
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
+            allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            expose_headers=["Location", "X-Download-Id", "Retry-After"], max_age=600,
+        )
     return app
+
+
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route answers at `path` (Starlette's own 405 names only the first route's)."""
+    methods = {"OPTIONS"}
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {"type": "http", "path": path, "method": method, "root_path": "", "headers": []}
+        if any(route.matches(scope)[0] is Match.FULL for route in app.router.routes):
+            methods.add(method)
+    return sorted(methods)
 
 
 __all__ = ["create_app", "MAX_BODY_BYTES"]

@@ -114,6 +114,70 @@ def parse_engine_request(body: Any) -> EngineRequest:
     )
 
 
+# The Kolosal dashboard's `POST /models` fields -> `POST /engines`'s (its script/engine.js form:
+# model_gpu -1, model_context 4096, model_batch 512, model_layer 0, model_parallel 1; an empty
+# number field arrives as 0, which means "the default" except for GPU layers, where 0 is a value).
+DASHBOARD_FIELDS = (
+    "model_id", "model_path", "model_type", "model_load", "model_gpu", "model_context", "model_batch",
+    "model_layer", "model_parallel", "model_memory", "model_perform", "model_inference",
+)
+_DASHBOARD_NUMBERS = {"model_context": "n_ctx", "model_batch": "n_batch", "model_parallel": "n_parallel"}
+
+
+def parse_dashboard_model(body: Any) -> EngineRequest:
+    """Validate a Kolosal dashboard `POST /models` body as the engine request it stands for."""
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object", code="invalid_json")
+    unknown = sorted(set(body) - set(DASHBOARD_FIELDS))
+    if unknown:
+        raise bad_request(f"Unknown field '{unknown[0]}' (known: {', '.join(DASHBOARD_FIELDS)})", unknown[0],
+                          "unknown_field")
+    for name in ("model_type", "model_inference"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise bad_request(f"'{name}' must be a string", name, "invalid_parameter")
+    for name in ("model_load", "model_memory", "model_perform"):
+        if body.get(name) is not None and not isinstance(body[name], bool):
+            raise bad_request(f"'{name}' must be true or false", name, "invalid_parameter")
+    for name in ("model_gpu", "model_layer", *_DASHBOARD_NUMBERS):
+        if body.get(name) is not None and not _is_int(body[name]):
+            raise bad_request(f"'{name}' must be an integer", name, "invalid_parameter")
+    parameters: dict[str, Any] = {}
+    for name, parameter in _DASHBOARD_NUMBERS.items():
+        if body.get(name):  # 0 or absent: the default
+            parameters[parameter] = body[name]
+    if body.get("model_layer") is not None:
+        parameters["n_gpu_layers"] = body["model_layer"]
+    if body.get("model_memory") is not None:
+        parameters["use_mmap"] = body["model_memory"]
+    if body.get("model_perform") is not None:
+        parameters["warmup"] = body["model_perform"]
+    # Keep the dependent defaults inside a small context or batch the form allows.
+    if "n_ctx" in parameters:
+        parameters["n_keep"] = min(_INT_LIMITS["n_keep"][0], parameters["n_ctx"])
+    if "n_batch" in parameters:
+        parameters["n_ubatch"] = min(_INT_LIMITS["n_ubatch"][0], parameters["n_batch"])
+    engine = {"engine_id": body.get("model_id"), "model_path": body.get("model_path"),
+              "loading_parameters": parameters}
+    if body.get("model_load") is not None:
+        engine["load_immediately"] = body["model_load"]
+    if body.get("model_gpu") is not None:
+        engine["main_gpu_id"] = body["model_gpu"]
+    try:
+        return parse_engine_request(engine)
+    except ApiError as exc:  # name the dashboard's field, not the engine's
+        exc.param = _DASHBOARD_PARAM.get(exc.param or "", exc.param)
+        exc.message = exc.message.replace(f"'{_ENGINE_FIELD.get(exc.param or '', '')}'", f"'{exc.param}'")
+        raise
+
+
+_DASHBOARD_PARAM = {
+    "engine_id": "model_id", "load_immediately": "model_load", "main_gpu_id": "model_gpu",
+    "loading_parameters.n_ctx": "model_context", "loading_parameters.n_batch": "model_batch",
+    "loading_parameters.n_parallel": "model_parallel", "loading_parameters.n_gpu_layers": "model_layer",
+}
+_ENGINE_FIELD = {v: k for k, v in _DASHBOARD_PARAM.items()}
+
+
 def validate_loading_parameters(raw: Any) -> dict[str, Any]:
     """Kolosal's loading parameters with defaults filled in; ApiError 400 naming the bad one."""
     if raw is None:
@@ -381,5 +445,5 @@ class EngineRegistry:
 
 __all__ = [
     "EngineRegistry", "EngineRequest", "UnsupportedModel", "inspect_model_file",
-    "parse_engine_request", "validate_loading_parameters", "ApiError",
+    "parse_engine_request", "parse_dashboard_model", "validate_loading_parameters", "ApiError",
 ]

@@ -919,7 +919,8 @@ def _lock_key(provider: str, model: str, options: dict[str, Any]) -> str:
 def _model_path_kind(model_path: str) -> str:
     """'url', 'reference' or 'local' for a POST /engines model_path."""
     lowered = model_path.lower()
-    if lowered.startswith(("http://", "https://")) or "://" in lowered:
+    # "https:/host/x" and "http:host/x" are URLs too (malformed ones: a 422 says why), not file names.
+    if lowered.startswith(("http:", "https:")) or "://" in lowered:
         return "url"
     prefix = lowered.partition(":")[0]
     if ":" in lowered and prefix in ("hf", "huggingface", "mlx", "ollama", "url"):

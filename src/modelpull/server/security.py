@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import re
 from pathlib import Path
 from typing import Iterable
@@ -64,15 +65,44 @@ def check_url_syntax(url: str) -> tuple[str, int]:
             "URLs can be downloaded",
             "invalid_model_url",
         )
+    bad = next((c for c in url if c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if bad is not None:
+        raise UrlRefused(
+            f"{_shown(url)!r} is not a valid URL: it contains {'a space' if bad == ' ' else repr(bad)} "
+            "(percent-encode it in a path, e.g. %20; a host name never has one)", "invalid_model_url",
+        )
     host = parts.hostname
     if not host:
         raise UrlRefused(f"'{_shown(url)}' has no host name", "invalid_model_url")
+    if not _valid_host(host):
+        raise UrlRefused(
+            f"'{_shown(url)}' is not a valid URL: '{host}' is not a host name (letters, digits, '-' and "
+            "'.' only) nor an IP address", "invalid_model_url",
+        )
     if not parts.path or parts.path == "/":
         raise UrlRefused(
             f"'{_shown(url)}' names no file: give the URL of the model file itself",
             "invalid_model_url",
         )
     return host, port or (443 if parts.scheme.lower() == "https" else 80)
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+
+
+def _valid_host(host: str) -> bool:
+    """A DNS name (IDNA allowed) or an IP literal, as `urlsplit().hostname` gives it."""
+    try:
+        ipaddress.ip_address(host.split("%")[0])
+        return True
+    except ValueError:
+        pass
+    try:
+        ascii_host = host.encode("idna").decode("ascii").lower().rstrip(".")
+    except (UnicodeError, ValueError):
+        return False
+    labels = ascii_host.split(".")
+    return 0 < len(ascii_host) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
 
 
 async def check_url(url: str, policy: UrlPolicy) -> None:

@@ -4,6 +4,7 @@ and AbstractCore's SSE items. Field names and types follow their documents exact
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from . import jobs as J
@@ -19,8 +20,9 @@ def kolosal_progress(job: Job, now: int | None = None) -> dict[str, Any]:
         "start_time": start,
         "elapsed_seconds": max(0, int(((end or now) - start) / 1000)),
     }
-    if job.status == J.DOWNLOADING and job.eta_seconds is not None:
-        timing["estimated_remaining_seconds"] = int(job.eta_seconds)
+    # Always present, as the seed's clients read it: null until a speed is known (and while
+    # queued, paused, failed or cancelled), 0 once completed.
+    timing["estimated_remaining_seconds"] = _remaining_seconds(job)
     if end is not None:
         timing["end_time"] = end
     body: dict[str, Any] = {
@@ -45,6 +47,35 @@ def kolosal_progress(job: Job, now: int | None = None) -> dict[str, Any]:
             "main_gpu_id": job.engine["main_gpu_id"],
         }
     return body
+
+
+def _remaining_seconds(job: Job) -> int | None:
+    if job.status == J.COMPLETED:
+        return 0
+    if job.status in (J.DOWNLOADING, J.VERIFYING) and job.eta_seconds is not None:
+        return int(job.eta_seconds)
+    return None
+
+
+def kolosal_status(engines: list[dict[str, Any]], healthy: bool = True) -> dict[str, Any]:
+    """Kolosal's `/status` (and the fields its `/health` shares): the server and its engines,
+    each `loaded` or `unloaded` (modelpull registers models; `loaded` = created with
+    load_immediately and readable)."""
+    listed = [{"engine_id": e["engine_id"], "status": "loaded" if e["status"] == "loaded" else "unloaded"}
+              for e in engines]
+    loaded = sum(1 for e in listed if e["status"] == "loaded")
+    return {
+        "status": "healthy" if healthy else "unavailable",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{now_ms() % 1000:03d}Z",
+        "server": "modelpull",
+        "node_manager": {
+            "total_engines": len(listed),
+            "loaded_engines": loaded,
+            "unloaded_engines": len(listed) - loaded,
+            "autoscaling": "disabled",
+        },
+        "engines": listed,
+    }
 
 
 def kolosal_downloads(jobs: list[Job]) -> bytes:
