@@ -82,3 +82,26 @@ def fake_ollama_server():
 
     with FakeOllamaServer(interval=0.005) as server:
         yield server
+
+
+# ---- a small file system (disk full, space reservations) ------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MiB tmpfs, when this process may mount one (root on Linux)."""
+    import shutil
+    import subprocess
+    import sys
+
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    if not sys.platform.startswith("linux") or shutil.which("mount") is None:
+        pytest.skip("needs Linux mount(8) to make a small filesystem")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or 'not permitted'})")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)

@@ -21,6 +21,7 @@ from .transfer import (
     existing_ancestor,
     fetch_file,
     partial_bytes,
+    reserved_bytes,
 )
 
 if TYPE_CHECKING:
@@ -287,7 +288,8 @@ def _check_plan_space(plan: Plan, trackers: list[FileProgress]) -> None:
         directory = existing_ancestor(file.dest.parent)
         device = directory.stat().st_dev
         key = next((d for d in needed if d.stat().st_dev == device), directory)
-        needed[key] = needed.get(key, 0) + max(0, file.size - tracker.done)
+        # A partial file holds its reservation already: count only what it still lacks.
+        needed[key] = needed.get(key, 0) + max(0, file.size - reserved_bytes(file.dest))
     for directory, count in needed.items():
         check_disk_space(directory, count)
 

@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 
 from .._paths import confined
+from ..transfer import replace_durably, write_durably
 
 CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -108,7 +109,7 @@ class HubCache:
             os.symlink(target, tmp)
         except OSError:  # no symlinks here (some Windows setups): huggingface_hub copies too
             shutil.copyfile(blob, tmp)
-        os.replace(tmp, pointer)
+        replace_durably(tmp, pointer)
         return pointer
 
     def write_ref(self, revision: str, commit: str) -> None:
@@ -190,6 +191,4 @@ def write_tree_cache(folder: Path, commit: str, files: list[RepoFile]) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_durably(path, text.encode())

@@ -36,7 +36,7 @@ from .._paths import UnsafeName, confined, sha256_hex, shown_name
 from .._plan import DownloadRequest, Plan, PlannedFile
 from .._progress import DownloadProgress, DownloadStatus
 from .._units import format_bytes
-from ..transfer import public_url
+from ..transfer import public_url, write_durably
 from ..transfer._aiohttp import open_following_redirects
 from ..transfer._http import RETRYABLE_STATUSES
 from ._base import Provider
@@ -243,9 +243,7 @@ def _kind(media_type: str) -> str:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_durably(path, data)
 
 
 # --------------------------------------------------------------------------- direct: the registry

@@ -16,7 +16,7 @@ from yarl import URL
 from .._errors import InvalidRequest, SourceError
 from .._paths import confined
 from .._plan import DownloadRequest, Plan, PlannedFile
-from ..transfer import Wire, partial_paths, public_url
+from ..transfer import Wire, partial_paths, public_url, write_durably
 from ..transfer._http import permanent_status_error, wire_following_redirects
 from ._base import Provider
 
@@ -166,10 +166,7 @@ class _SourceBook:
         self.book.mkdir(parents=True, exist_ok=True)
         entry = {"url": public_url(url), "url_sha256": _url_key(url), "size": size, "sha256": sha256,
                  "complete": complete}
-        path = self._record_path(name)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entry))
-        os.replace(tmp, path)
+        write_durably(self._record_path(name), json.dumps(entry).encode())
 
     def _read(self, name: str) -> dict | None:
         try:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from crc32c import crc32c
 from yarl import URL
 
 from .._errors import (
@@ -56,7 +57,8 @@ from ._http import (
     wire_following_redirects,
 )
 from ._progress import FileProgress
-from ._state import Layout, PieceState, partial_paths, remove_partial
+from ._durable import durability_error, fsync_directory
+from ._state import Layout, PieceState, StateUnreadable, damaged_pieces, partial_paths, remove_partial
 from ._wire import Aborted, AbortSignal, AddressRefused, Wire, WireResponse
 
 WRITE_CHUNK = 1024 * 1024  # bytes buffered before a pwrite (and a counter update)
@@ -71,7 +73,12 @@ RAMP_SETTLE = 0.2  # seconds: the longest wait for new connections' first respon
 RAMP_RETRY = 2.0  # seconds before trying more connections again after a trial said no
 RAMP_GAIN = 1.2  # more connections stay only if they are at least this much faster
 REFUSALS = frozenset({429, 503})  # a server's "too many" to an extra connection
-FLUSH_EVERY = 64 * 1024 * 1024  # written bytes between background fdatasync calls
+# Durability is batched: a background fdatasync, then the state records that claim the synced
+# bytes, after this many written bytes or this many seconds (whichever comes first). A crash
+# re-fetches at most what was not yet claimed.
+FLUSH_BYTES = 32 * 1024 * 1024
+FLUSH_INTERVAL = 0.1
+MAX_REPAIRS = 3  # rounds of re-fetching pieces damaged on disk before giving up
 
 # The threads that move bytes (socket -> file). Created on demand; a server with several jobs of
 # many connections each needs more than the default executor's handful.
@@ -84,6 +91,14 @@ class _RestartFromZero(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class _RefetchPieces(Exception):
+    """Pieces on disk no longer match the checksums taken as they arrived: fetch those again."""
+
+    def __init__(self, pieces: list[int]) -> None:
+        super().__init__(f"{len(pieces)} pieces damaged on disk")
+        self.pieces = pieces
 
 
 class _Retryable(Exception):
@@ -113,7 +128,11 @@ def existing_ancestor(path: Path) -> Path:
 
 
 def check_disk_space(directory: Path, needed: int) -> None:
-    """NotEnoughSpace unless `directory`'s file system has `needed` bytes free."""
+    """NotEnoughSpace unless `directory`'s file system has `needed` bytes free.
+
+    Space other downloads have reserved (their partial files are preallocated) is already
+    counted as used, so two downloads that do not fit together do not both pass.
+    """
     if needed <= 0:
         return
     free = shutil.disk_usage(existing_ancestor(directory)).free
@@ -121,6 +140,14 @@ def check_disk_space(directory: Path, needed: int) -> None:
         raise NotEnoughSpace(
             f"not enough disk space: need {format_bytes(needed)}, {format_bytes(free)} free in {directory}"
         )
+
+
+def reserved_bytes(dest: Path) -> int:
+    """Bytes already allocated to `dest`'s partial file (reserved earlier, or written)."""
+    try:
+        return partial_paths(dest)[0].stat().st_blocks * 512
+    except (FileNotFoundError, NotADirectoryError, AttributeError):
+        return 0
 
 
 async def fetch_file(file: PlannedFile, wire: Wire, options: TransferOptions, progress: FileProgress) -> None:
@@ -155,11 +182,23 @@ def _committed_by_another(file: PlannedFile) -> bool:
 
 
 async def _fetch_locked(file: PlannedFile, wire: Wire, options: TransferOptions, progress: FileProgress) -> None:
-    restarts = 0
+    restarts = repairs = 0
     while True:
         try:
             await _FileTransfer(file, wire, options, progress).run()
             return
+        except _RefetchPieces as refetch:
+            repairs += 1
+            if repairs > MAX_REPAIRS:
+                raise TransferError(
+                    f"{file.name}: pieces keep changing on disk after they are written ({len(refetch.pieces)} "
+                    f"this time); the disk may be failing: check it, then run the same download again",
+                    code="disk_error",
+                ) from None
+            progress.note(
+                f"{len(refetch.pieces)} piece(s) of {file.name} changed on disk after they were written: "
+                "restarting only those pieces"
+            )
         except _RestartFromZero as restart:
             restarts += 1
             remove_partial(file.dest)
@@ -189,16 +228,21 @@ class _FileTransfer:
         self.fd = -1
         self.hasher: FollowingHasher | None = None
         self._contiguous = 0  # first piece not yet complete: the hashing watermark's piece
+        self._committed = False
+        self._discard = False  # delete the partial when this attempt ends (it is of no use)
         self._lock = threading.Lock()  # the fields below are shared by the streaming threads
         self._unflushed = 0
+        self._last_flush = time.monotonic()
+        self._changed: set[int] = set()  # pieces written since the last claim
         self._flushing: concurrent.futures.Future | None = None
+        self._flush_error: OSError | None = None
 
     # -- the life cycle -------------------------------------------------------------------
 
     async def run(self) -> None:
         probe: WireResponse | None = None
         try:
-            self.state = self._load_state()
+            self.state = await self._load_state()
             if self.state is None:
                 probe = await self._probe()
             self._open_data_file()
@@ -207,6 +251,13 @@ class _FileTransfer:
             await self._fetch_pieces(probe)
             probe = None
             await self._verify_and_commit()
+        except ModelPullError as error:
+            if self.state is not None and not self.state.layout.ranged:
+                error.message += (
+                    "; this server cannot resume a download (it ignores Range), so the next run starts "
+                    "from zero (the partial data was deleted)"
+                )
+            raise
         finally:
             if probe is not None:
                 probe.close()
@@ -217,26 +268,57 @@ class _FileTransfer:
                 await asyncio.shield(asyncio.get_running_loop().run_in_executor(_IO_THREADS, self.signal.wait_idle))
             if self._flushing is not None:
                 await asyncio.shield(asyncio.wrap_future(self._flushing))
+            if not self._committed and self.fd >= 0 and self.state is not None and self.state.layout.ranged:
+                # Claim what the stopped streams wrote, so that the next run resumes after it.
+                await asyncio.shield(asyncio.get_running_loop().run_in_executor(_IO_THREADS, self._flush))
             if self.hasher is not None:
                 self.hasher.stop()
             if self.fd >= 0:
                 os.close(self.fd)
             if self.state is not None:
                 self.state.close()
+                if self._discard or (not self.state.layout.ranged and not self._committed):
+                    remove_partial(self.file.dest)  # a source that cannot resume: the data is of no use
 
-    def _load_state(self) -> PieceState | None:
-        if not self.part_path.exists():
+    async def _load_state(self) -> PieceState | None:
+        """The partial download to resume, its claimed pieces checked against their crc32c; or None."""
+        name = self.file.dest.name
+        part_exists = self.part_path.exists()
+        try:
+            state = PieceState.load(self.state_path)
+        except (StateUnreadable, OSError) as exc:
+            why = str(exc) if isinstance(exc, StateUnreadable) else (exc.strerror or str(exc)).lower()
             remove_partial(self.file.dest)
+            self.progress.note(f"the resume state of {name} is unreadable ({why}): starting over from zero")
             return None
-        state = PieceState.load(self.state_path)
         if state is None:
-            remove_partial(self.file.dest)
+            if part_exists:
+                remove_partial(self.file.dest)
+                self.progress.note(
+                    f"{self.part_path.name} has no resume state beside it ({self.state_path.name} is missing): "
+                    "starting over from zero"
+                )
             return None
         layout = state.layout
-        if self._expected_size is not None and layout.total is not None and layout.total != self._expected_size:
+        if not part_exists or not layout.ranged or (
+            self._expected_size is not None and layout.total is not None and layout.total != self._expected_size
+        ):
             state.close()
             remove_partial(self.file.dest)
+            if not part_exists and state.bytes_done:
+                self.progress.note(f"the partial data of {name} is gone ({self.part_path.name} is missing): "
+                                   "starting over from zero")
             return None
+        bad = list(state.torn)
+        if state.bytes_done:
+            bad += await asyncio.to_thread(_damaged_on_disk, self.part_path, state)
+        if bad:
+            for index in bad:
+                state.reset(index)
+            self.progress.note(
+                f"{len(bad)} piece(s) of {name} on disk do not match what was received (damaged partial "
+                "data): restarting only those pieces"
+            )
         return state
 
     async def _probe(self) -> WireResponse | None:
@@ -277,18 +359,55 @@ class _FileTransfer:
         if layout.total is not None:
             check_disk_space(self.file.dest.parent, layout.total)
         self.part_path.unlink(missing_ok=True)
-        self.state = PieceState.create(self.state_path, layout)
+        try:
+            self.state = PieceState.create(self.state_path, layout)
+        except OSError as exc:
+            if response is not None:
+                response.close()
+            raise self._disk_error(exc) from exc
         return response
 
     def _open_data_file(self) -> None:
         assert self.state is not None
-        self.fd = os.open(self.part_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.fd = os.open(self.part_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise self._disk_error(exc) from exc
         total = self.state.layout.total
-        if total is not None and os.fstat(self.fd).st_size != total:
-            try:
+        if total is None:
+            return
+        try:
+            if os.fstat(self.fd).st_size > total:
                 os.ftruncate(self.fd, total)
-            except OSError as exc:
-                raise self._disk_error(exc) from exc
+            self._reserve(total)
+        except OSError as exc:
+            raise self._disk_error(exc) from exc
+
+    def _reserve(self, total: int) -> None:
+        """Allocate the whole file now, so that a full disk fails here and not half way.
+
+        posix_fallocate only fills holes: on a resume it reserves what is missing. A file
+        system that cannot preallocate gets a sparse file, and the download says so.
+        """
+        try:
+            os.posix_fallocate(self.fd, 0, total) if total else None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                have = os.fstat(self.fd).st_blocks * 512
+                free = shutil.disk_usage(self.file.dest.parent).free
+                self._discard = self.state is not None and self.state.bytes_done == 0  # nothing to keep
+                raise NotEnoughSpace(
+                    f"not enough disk space: need {format_bytes(max(0, total - have))}, {format_bytes(free)} "
+                    f"free in {self.file.dest.parent} (other downloads there have reserved their space)"
+                ) from None
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, getattr(errno, "ENOTSUP", 95)):
+                raise
+            if os.fstat(self.fd).st_size < total:
+                os.ftruncate(self.fd, total)
+            self.progress.note(
+                f"the file system of {self.file.dest.parent} cannot reserve space ahead: a full disk will "
+                "only show while writing"
+            )
 
     def _start_hasher(self) -> None:
         wants_sha256 = self.file.sha256 is not None
@@ -426,13 +545,35 @@ class _FileTransfer:
             if self.hasher is not None:
                 self.progress.verifying()
                 digests = await asyncio.to_thread(self.hasher.finish, total)
-                self._check_digest("sha256", self.file.sha256, digests.get("sha256"))
-                self._check_digest("git sha1", self.file.git_sha1, digests.get("git_sha1"))
+                try:
+                    self._check_digest("sha256", self.file.sha256, digests.get("sha256"))
+                    self._check_digest("git sha1", self.file.git_sha1, digests.get("git_sha1"))
+                except DigestMismatch:
+                    # Bytes that changed on disk after they arrived are found by their piece
+                    # checksums and fetched again; only a source that sent wrong bytes fails.
+                    bad = await asyncio.to_thread(damaged_pieces, self.fd, self.state)
+                    if bad:
+                        for index in bad:
+                            self.state.reset(index)
+                        raise _RefetchPieces(bad) from None
+                    raise
         finally:
-            await flushed
-        os.replace(self.part_path, self.file.dest)
+            try:
+                await flushed
+            except OSError as exc:
+                raise durability_error(self.part_path, exc) from None
+        if self._flush_error is not None:
+            raise durability_error(self.part_path, self._flush_error)
+        try:
+            os.replace(self.part_path, self.file.dest)
+        except OSError as exc:
+            raise TransferError(
+                f"cannot move {self.part_path.name} to {self.file.dest}: {(exc.strerror or str(exc)).lower()}",
+                code="disk_error",
+            ) from None
+        self._committed = True
         self.state_path.unlink(missing_ok=True)
-        _fsync_directory(self.file.dest.parent)
+        fsync_directory(self.file.dest.parent)
         self.progress.complete(total)
 
     def _check_digest(self, kind: str, expected: str | None, actual: str | None) -> None:
@@ -441,8 +582,8 @@ class _FileTransfer:
         if actual.lower() != expected.lower():
             prefix = "digest mismatch" if kind == "sha256" else f"{kind} mismatch"
             raise DigestMismatch(
-                f"{prefix}: expected {expected.lower()}, got {actual} ({self.file.name}; the data was deleted, "
-                "download it again)"
+                f"{prefix}: expected {expected.lower()}, got {actual} ({self.file.name}; every piece on disk "
+                "matches what the server sent, so the source itself is wrong; the data was deleted)"
             )
 
     # -- one piece --------------------------------------------------------------------------
@@ -592,17 +733,24 @@ class _FileTransfer:
                 rest = rest[count:]
                 offset += count
         except OSError as exc:
+            kept = offset - (piece_start + written)
+            if kept:
+                self._advance(index, written, data[:kept])
             give_back()
-            self.state.record(index, offset - piece_start)
             raise self._disk_error(exc) from exc
-        self.state.record(index, written + size)
+        crc = crc32c(data, self.state.crcs[index])  # outside the lock: one thread per piece
         with self._lock:
+            self._note_written(index, written + size, crc)
             self._unflushed += size
-            if self._unflushed >= FLUSH_EVERY and (self._flushing is None or self._flushing.done()):
-                # Write back while downloading, on another thread, so the fsync before the
-                # rename has little left to do.
+            now = time.monotonic()
+            due = self._unflushed >= FLUSH_BYTES or now - self._last_flush >= FLUSH_INTERVAL
+            if due and (self._flushing is None or self._flushing.done()):
                 self._unflushed = 0
-                self._flushing = _IO_THREADS.submit(os.fdatasync, self.fd)
+                self._last_flush = now
+                self._flushing = _IO_THREADS.submit(self._flush)
+            if self._flush_error is not None:
+                give_back()
+                raise durability_error(self.part_path, self._flush_error)
             if self.hasher is not None and index == self._contiguous:
                 # These bytes start at the watermark: the hasher takes them from memory.
                 self.hasher.offer(piece_start + written, data, give_back)
@@ -610,6 +758,35 @@ class _FileTransfer:
                 return written + size
         give_back()
         return written + size
+
+    def _advance(self, index: int, written: int, data: memoryview) -> None:
+        crc = crc32c(data, self.state.crcs[index])
+        with self._lock:
+            self._note_written(index, written + len(data), crc)
+
+    def _note_written(self, index: int, done: int, crc: int) -> None:
+        """Piece `index` now holds `done` bytes hashing to `crc` (holding self._lock; not yet claimed)."""
+        assert self.state is not None
+        self.state.done[index] = done
+        self.state.crcs[index] = crc
+        self._changed.add(index)
+
+    def _flush(self) -> None:
+        """fdatasync the data, then write the records that claim it (an I/O thread; one at a time).
+
+        The values are taken before the sync, so a record never claims a byte that was not yet
+        durable. A failed sync is kept and reported by the next write or by the commit.
+        """
+        with self._lock:
+            changed, self._changed = self._changed, set()
+            claims = {index: (self.state.done[index], self.state.crcs[index]) for index in changed}
+        if not claims:
+            return
+        try:
+            os.fdatasync(self.fd)
+            self.state.claim(claims)
+        except OSError as exc:
+            self._flush_error = self._flush_error or exc
 
     def _advance_watermark(self) -> None:
         """Tell the hasher how far the file is complete from its start (holding self._lock)."""
@@ -624,12 +801,15 @@ class _FileTransfer:
             self.hasher.advance(start + self.state.done[self._contiguous])
 
     def _disk_error(self, exc: OSError) -> ModelPullError:
+        resumable = self.state is None or self.state.layout.ranged
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            then = ("run the same download again to resume (the partial data is kept)" if resumable
+                    else "run the same download again")  # run() adds why it starts from zero
             return DiskFull(
-                f"disk full while writing {self.file.dest.name} in {self.file.dest.parent}: free some space and "
-                "run the same download again to resume (the partial data is kept)"
+                f"disk full while writing {self.file.dest.name} in {self.file.dest.parent}: free some space and {then}"
             )
-        return TransferError(f"cannot write {self.part_path}: {exc.strerror}", code="disk_error")
+        reason = (exc.strerror or str(exc)).lower()
+        return TransferError(f"cannot write {self.part_path}: {reason}", code="disk_error")
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -719,16 +899,11 @@ class _FileTransfer:
         await asyncio.sleep(delay)
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename durable: the directory entry, not only the data."""
+def _damaged_on_disk(part_path: Path, state: PieceState) -> list[int]:
+    """The claimed pieces whose bytes in `part_path` fail their crc32c (a thread: reads them all)."""
+    fd = os.open(part_path, os.O_RDONLY)
     try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        return damaged_pieces(fd, state)
     finally:
         os.close(fd)
 

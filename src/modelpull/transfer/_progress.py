@@ -25,8 +25,9 @@ class FileProgress:
         self._lock = threading.Lock()  # several I/O threads add to `done`
 
     def begin(self, total: int | None, on_disk: int) -> None:
-        if on_disk < self.done:
-            self.restart("the partial data from an earlier attempt does not match the file any more")
+        if on_disk < self.done:  # pieces found damaged, or a partial that is not this file's any more
+            self.restart(self.notice or "the partial data from an earlier attempt does not match the file any more; "
+                         "restarting from zero")
         if total is not None:
             self.total = total
         self.done = on_disk

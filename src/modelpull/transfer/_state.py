@@ -1,9 +1,29 @@
 """What a partial download writes down so that a crashed process resumes every piece.
 
-`<dest>.part` holds the data at its final offsets; `<dest>.part.state` holds a JSON header
-(source validators, size, piece layout) followed by one little-endian uint64 per piece: the
-bytes of that piece already written. A counter is updated with one 8-byte `pwrite` after
-each chunk reaches the data file, so a SIGKILL loses at most one chunk per piece.
+`<dest>.part` holds the data at its final offsets; `<dest>.part.state` says which of those
+bytes are there and what they must hash to. Format (version 2, all integers little-endian):
+
+    offset 0   b"MPSTATE2"                      magic and version
+           8   uint32 header_len
+          12   uint32 crc32c(header)            a torn or garbled header is detected
+          16   header: JSON {total, piece_size, etag, last_modified, ranged}
+               zero padding to a multiple of 16
+           R   one 16-byte record per piece, piece i at R + 16*i:
+                 uint64 done    bytes of the piece on disk, from its start
+                 uint32 crc     crc32c of those `done` bytes
+                 uint32 check   crc32c(index, done, crc): a torn record is detected
+
+The header is written once, to a new file that is renamed into place. A record claims bytes
+only after they are durable: the engine calls fdatasync on the data file, then writes the
+records that the synced bytes back (`PieceState.claim`). A record whose check fails counts
+as an empty piece (fetched again alone); a header that fails means starting over. On resume
+every claimed byte is read back and its crc32c compared before it is trusted.
+
+crc32c because its running value is the whole state: a partly done piece continues from the
+recorded value after a resume, with no re-read. Measured on this project's 2-core machine,
+1 MiB buffers: crc32c (the `crc32c` package, SSE4.2) 17 GiB/s with the GIL released, xxh3_64
+36 GiB/s holding it, sha256 1.0 GiB/s: a piece checksum costs under 2% of the sha256 that
+runs anyway.
 """
 from __future__ import annotations
 
@@ -13,8 +33,18 @@ import os
 import struct
 from pathlib import Path
 
-_MAGIC = b"MPSTATE1"
-_COUNTER = struct.Struct("<Q")
+from crc32c import crc32c
+
+MAGIC = b"MPSTATE2"
+_PREFIX = struct.Struct("<8sII")  # magic, header_len, header crc
+_RECORD = struct.Struct("<QII")  # done, crc, check
+_CHECKED = struct.Struct("<QQI")  # index, done, crc: what `check` covers
+RECORD_SIZE = _RECORD.size
+READ_BLOCK = 4 * 1024 * 1024  # bytes read at a time when checking pieces on disk
+
+
+class StateUnreadable(Exception):
+    """The state file exists but cannot be trusted (torn, garbled, another version)."""
 
 
 @dataclasses.dataclass
@@ -40,6 +70,10 @@ class Layout:
             return start, None
         return start, min(self.total, start + self.piece_size)
 
+    def piece_length(self, index: int) -> int | None:
+        start, end = self.piece_bounds(index)
+        return None if end is None else end - start
+
     @property
     def validator(self) -> str | None:
         """What `If-Range` sends: a strong ETag if there is one, else Last-Modified."""
@@ -48,67 +82,140 @@ class Layout:
         return self.last_modified
 
 
-class PieceState:
-    """The state file of one partial download: a layout and per-piece byte counters."""
+def _record(index: int, done: int, crc: int) -> bytes:
+    return _RECORD.pack(done, crc, crc32c(_CHECKED.pack(index, done, crc)))
 
-    def __init__(self, path: Path, layout: Layout, done: list[int], fd: int) -> None:
+
+class PieceState:
+    """The pieces of one partial download: what is written (memory) and what is claimed (disk).
+
+    `done[i]` / `crcs[i]`: bytes written to the data file and their crc32c, updated by the
+    thread that wrote them (`advance`). `claim()` writes those values down; the engine calls
+    it only after an fdatasync of the data file, so the state never runs ahead of the data.
+    """
+
+    def __init__(self, path: Path, layout: Layout, done: list[int], crcs: list[int], fd: int, records_at: int,
+                 torn: list[int] | None = None) -> None:
         self.path = path
         self.layout = layout
         self.done = done
+        self.crcs = crcs
+        self.torn = torn or []  # pieces whose record failed its check when loaded
         self._fd = fd
-        self._counters_at = 0
+        self._records_at = records_at
 
     @classmethod
     def create(cls, path: Path, layout: Layout) -> "PieceState":
         header = json.dumps(dataclasses.asdict(layout)).encode()
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        blob = _MAGIC + struct.pack("<I", len(header)) + header
-        done = [0] * layout.piece_count
-        os.write(fd, blob + b"".join(_COUNTER.pack(0) for _ in done))
-        state = cls(path, layout, done, fd)
-        state._counters_at = len(blob)
-        return state
+        prefix = _PREFIX.pack(MAGIC, len(header), crc32c(header)) + header
+        prefix += b"\0" * (-len(prefix) % RECORD_SIZE)
+        count = layout.piece_count
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, prefix + b"".join(_record(i, 0, 0) for i in range(count)), 0)
+            os.fsync(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        return cls(path, layout, [0] * count, [0] * count, fd, len(prefix))
 
     @classmethod
     def load(cls, path: Path) -> "PieceState | None":
-        """The saved state, or None when there is none or it is unreadable."""
+        """The saved state; None when there is none; StateUnreadable when it cannot be trusted."""
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
             return None
         try:
-            if raw[:8] != _MAGIC:
-                return None
-            (header_len,) = struct.unpack_from("<I", raw, 8)
-            layout = Layout(**json.loads(raw[12 : 12 + header_len]))
-            at = 12 + header_len
-            count = layout.piece_count
-            if len(raw) < at + 8 * count:
-                return None
-            done = [_COUNTER.unpack_from(raw, at + 8 * i)[0] for i in range(count)]
+            magic, header_len, header_crc = _PREFIX.unpack_from(raw, 0)
+            if magic != MAGIC:
+                raise StateUnreadable("written by another version" if magic.startswith(b"MPSTATE") else "garbled")
+            header = raw[_PREFIX.size : _PREFIX.size + header_len]
+            if len(header) != header_len or crc32c(header) != header_crc:
+                raise StateUnreadable("torn or garbled")
+            layout = Layout(**json.loads(header))
+            if layout.piece_size < 1 or (layout.total is not None and layout.total < 0):
+                raise StateUnreadable("garbled")
         except (ValueError, TypeError, struct.error):
-            return None
-        for index, value in enumerate(done):
-            start, end = layout.piece_bounds(index)
-            if end is not None and value > end - start:
-                return None
-        state = cls(path, layout, done, os.open(path, os.O_RDWR))
-        state._counters_at = at
-        return state
+            raise StateUnreadable("garbled") from None
+        records_at = _PREFIX.size + header_len
+        records_at += -records_at % RECORD_SIZE
+        done, crcs, torn = [], [], []
+        for index in range(layout.piece_count):
+            at = records_at + RECORD_SIZE * index
+            value, crc, check = _RECORD.unpack_from(raw, at) if len(raw) >= at + RECORD_SIZE else (0, 0, -1)
+            length = layout.piece_length(index)
+            if check != crc32c(_CHECKED.pack(index, value, crc)) or (length is not None and value > length):
+                torn.append(index)
+                value, crc = 0, 0
+            done.append(value)
+            crcs.append(crc)
+        return cls(path, layout, done, crcs, os.open(path, os.O_RDWR), records_at, torn)
 
     @property
     def bytes_done(self) -> int:
         return sum(self.done)
 
-    def record(self, index: int, value: int) -> None:
-        """Write down that piece `index` holds `value` bytes (already in the data file)."""
-        self.done[index] = value
-        os.pwrite(self._fd, _COUNTER.pack(value), self._counters_at + 8 * index)
+    def advance(self, index: int, data: memoryview) -> None:
+        """`data` was just written at the end of piece `index` (not yet durable, not yet claimed)."""
+        self.crcs[index] = crc32c(data, self.crcs[index])
+        self.done[index] += len(data)
+
+    def reset(self, index: int) -> None:
+        """Forget piece `index` (its bytes failed their check): it is fetched again from its start."""
+        self.done[index] = 0
+        self.crcs[index] = 0
+        self.claim({index: (0, 0)})
+
+    def snapshot(self) -> dict[int, tuple[int, int]]:
+        """Every piece's (done, crc) now: take it BEFORE the fdatasync that makes them durable."""
+        return {index: (self.done[index], self.crcs[index]) for index in range(len(self.done))}
+
+    def claim(self, values: dict[int, tuple[int, int]]) -> None:
+        """Write records: only for bytes already made durable."""
+        for index, (done, crc) in values.items():
+            _write_all(self._fd, _record(index, done, crc), self._records_at + RECORD_SIZE * index)
+
+    def sync(self) -> None:
+        os.fdatasync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def damaged_pieces(fd: int, state: PieceState, pieces: list[int] | None = None) -> list[int]:
+    """The pieces whose bytes in the data file do not match their recorded crc32c (reads them back)."""
+    buffer = bytearray(min(READ_BLOCK, max(1, state.layout.piece_size)))
+    view = memoryview(buffer)
+    bad = []
+    for index in range(len(state.done)) if pieces is None else pieces:
+        want = state.done[index]
+        if not want:
+            continue
+        start, _ = state.layout.piece_bounds(index)
+        crc, read = 0, 0
+        while read < want:
+            count = os.preadv(fd, [view[: min(len(view), want - read)]], start + read)
+            if count <= 0:
+                break  # the file is shorter than the record says (truncated)
+            crc = crc32c(view[:count], crc)
+            read += count
+        if read < want or crc != state.crcs[index]:
+            bad.append(index)
+    return bad
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        count = os.pwrite(fd, view, offset)
+        view = view[count:]
+        offset += count
 
 
 def remove_partial(dest: Path) -> None:
@@ -125,12 +232,17 @@ def partial_paths(dest: Path) -> tuple[Path, Path]:
 
 
 def partial_bytes(dest: Path) -> int:
-    """Bytes of `dest` already on disk from an interrupted attempt (0 if none)."""
-    _, state_path = partial_paths(dest)
-    state = PieceState.load(state_path)
+    """Bytes of `dest` a resume can keep: claimed in a readable state, beside existing partial data."""
+    part_path, state_path = partial_paths(dest)
+    if not part_path.exists():
+        return 0
+    try:
+        state = PieceState.load(state_path)
+    except (StateUnreadable, OSError):
+        return 0
     if state is None:
         return 0
     try:
-        return state.bytes_done
+        return state.bytes_done if state.layout.ranged else 0
     finally:
         state.close()
