@@ -191,27 +191,21 @@ async def test_a_torn_piece_record_costs_only_that_piece(file_server, tmp_path):
     assert file_server.bytes_sent == missing
 
 
-async def test_a_missing_state_file_means_starting_over_and_the_message_says_so(file_server, tmp_path):
+@pytest.mark.parametrize("deleted, notice", [
+    ("model.bin.part.state", "model.bin.part has no resume state beside it (model.bin.part.state is missing): "
+                             "starting over from zero"),
+    ("model.bin.part", "the partial data of model.bin is gone (model.bin.part is missing): starting over from zero"),
+])
+async def test_a_vanished_state_or_partial_means_starting_over_and_the_message_says_so(
+        file_server, tmp_path, deleted, notice):
     data, url, _ = await whole_pieces_on_disk(file_server, tmp_path)
-    (tmp_path / "model.bin.part.state").unlink()
+    (tmp_path / deleted).unlink()
 
     items = await collect(url, tmp_path)
 
     assert items[-1].status is DownloadStatus.COMPLETE, items[-1].message
-    assert any("model.bin.part has no resume state beside it" in item.message and "starting over from zero"
-               in item.message for item in items), [i.message for i in items]
-    assert file_server.bytes_sent == SIZE
-
-
-async def test_a_deleted_partial_is_not_announced_as_resumed(file_server, tmp_path):
-    data, url, _ = await whole_pieces_on_disk(file_server, tmp_path)
-    (tmp_path / "model.bin.part").unlink()
-
-    items = await collect(url, tmp_path)
-
-    assert items[-1].status is DownloadStatus.COMPLETE, items[-1].message
-    assert not any("resuming with" in item.message for item in items), [i.message for i in items]
-    assert any("the partial data of model.bin is gone" in item.message for item in items)
+    assert any(notice in item.message for item in items), [i.message for i in items]
+    assert not any("resuming with" in item.message for item in items)
     assert file_server.bytes_sent == SIZE
 
 

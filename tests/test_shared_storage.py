@@ -51,6 +51,13 @@ def wait_until(condition, seconds: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+def kill_all(*processes: subprocess.Popen[str] | None) -> None:
+    for process in processes:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def finish(process: subprocess.Popen[str], timeout: float = 60) -> tuple[str, str]:
     try:
         return process.communicate(timeout=timeout)
@@ -74,9 +81,7 @@ def test_two_cli_processes_on_one_url_fetch_it_once(file_server, tmp_path):
         first_out, first_err = finish(first)
         second_out, second_err = finish(second)
     finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.kill()
+        kill_all(first, second)
 
     assert first.returncode == 0, first_err
     assert second.returncode == 0, second_err
@@ -127,9 +132,7 @@ def test_a_killed_lock_holder_is_taken_over_and_its_partial_resumed(file_server,
         before_takeover = file_server.bytes_sent
         out, err = finish(waiter)
     finally:
-        for process in (holder, waiter):
-            if process is not None and process.poll() is None:
-                process.kill()
+        kill_all(holder, waiter)
 
     assert waiter.returncode == 0, err
     assert sha256((home / "big.bin").read_bytes()) == sha256(data)
