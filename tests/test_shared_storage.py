@@ -115,13 +115,13 @@ def start_script_pull(home: Path, url: str) -> subprocess.Popen[str]:
 
 def test_a_killed_lock_holder_is_taken_over_and_its_partial_resumed(file_server, tmp_path):
     home = tmp_path / "models"
-    size, connections, piece = 8 * MiB, 4, 1 * MiB
+    size, connections, piece = 16 * MiB, 4, 1 * MiB
     data = os.urandom(size)
-    url = file_server.add_file("/big.bin", data, throttle_bps=1 * MiB)
+    url = file_server.add_file("/big.bin", data, throttle_bps=1 * MiB)  # 4 s on 4 connections
     holder = start_script_pull(home, url)
     waiter = None
     try:
-        wait_until(lambda: file_server.bytes_sent >= size // 4)
+        wait_until(lambda: file_server.bytes_sent >= size // 8)
         waiter = start_script_pull(home, url)
         assert waiter.stdout is not None
         for line in waiter.stdout:  # the waiter has planned and sits on the lock
