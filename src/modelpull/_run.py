@@ -27,9 +27,8 @@ from .transfer import (
 if TYPE_CHECKING:
     import aiohttp
 
-    from .transfer._policy import AddressCheck
-
     from .providers import Provider
+    from .transfer._policy import AddressCheck
 
 TICK_SECONDS = 0.1  # progress items at most ten times a second
 SPEED_WINDOW_SECONDS = 5.0  # speed is the rate over this recent window, not a lifetime average

@@ -52,9 +52,9 @@ from .._plan import DownloadRequest, Plan, PlannedFile, TransferOptions
 from ..transfer._http import retry_after_seconds
 from ..transfer._policy import AddressCheck, AddressRefused
 from ._base import Provider
+from ._hf_cache import HubCache, LocalDir, RepoFile, default_cache_dir
 from ._hub_http import hub_http as _hub_http
 from ._hub_http import use_policy
-from ._hf_cache import HubCache, LocalDir, RepoFile, default_cache_dir
 
 
 DEFAULT_ENDPOINT = "https://huggingface.co"

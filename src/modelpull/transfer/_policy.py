@@ -94,7 +94,6 @@ def address_refusal(address: IPAddress, allow_private: bool) -> str | None:
     return None
 
 
-
 def parse_address(text: str) -> IPAddress | None:
     """An IP literal (brackets and zone ids allowed), or None for a name."""
     try:
