@@ -66,6 +66,11 @@ async def whole_pieces_on_disk(file_server, directory: Path) -> tuple[bytes, str
     finally:
         state.close()
     assert len(complete) >= 2, complete
+    # A request the stopped run sent just before it closed may still reach the server: let it
+    # end (on the closed socket) before counting what the next run costs.
+    await asyncio.sleep(0.3)
+    while not all(request.done for request in file_server.requests):
+        await asyncio.sleep(0.02)
     file_server.add_file("/model.bin", data)  # unthrottled, same bytes and validators
     file_server.reset_log()
     return data, url, complete
