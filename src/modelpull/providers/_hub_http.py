@@ -104,6 +104,7 @@ class _Routes:
         if policy is not None:
             self.direct._pool._network_backend = _PolicyBackend(policy)  # no public knob for it
         self.proxied: dict[str, Any] = {}
+        self._lock = threading.Lock()
 
     def for_url(self, url: Any) -> Any:
         scheme, host = url.scheme, url.host
@@ -112,9 +113,10 @@ class _Routes:
             return self.direct
         if self.policy is not None:
             check_name(host, url.port or (443 if scheme == "https" else 80), self.policy)
-        if proxy not in self.proxied:
-            self.proxied[proxy] = hub_http.HTTPTransport(proxy=proxy)
-        return self.proxied[proxy]
+        with self._lock:
+            if proxy not in self.proxied:
+                self.proxied[proxy] = hub_http.HTTPTransport(proxy=proxy)
+            return self.proxied[proxy]
 
     def close(self) -> None:
         for transport in (self.direct, *self.proxied.values()):
@@ -136,8 +138,7 @@ class _PolicyTransport(hub_http.BaseTransport):
                 routes = self._by_policy.get(policy)
                 if routes is None:
                     routes = self._by_policy[policy] = _Routes(policy)
-            transport = routes.for_url(request.url)
-        return transport.handle_request(request)
+        return routes.for_url(request.url).handle_request(request)  # DNS outside the lock
 
     def close(self) -> None:
         with self._lock:
