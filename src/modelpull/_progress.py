@@ -51,6 +51,9 @@ class DownloadProgress:
     # The files moving right now, each {"name", "downloaded_bytes", "total_bytes", "status"}
     # ("downloading" or "verifying"): what a face needs for one bar per file.
     active_files: list[dict[str, Any]] | None = None
+    # Every file of a multi-file download, in plan order, each {"name", "downloaded_bytes",
+    # "total_bytes", "status"} ("pending", "downloading", "verifying" or "complete"): a file list.
+    files: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (status as its string value)."""

@@ -223,10 +223,8 @@ class _ProgressMeter:
             files_completed=sum(1 for t in self.trackers if t.state == t.COMPLETE),
             files_total=len(self.trackers),
             current_file=current,
-            active_files=[
-                {"name": t.name, "downloaded_bytes": t.done, "total_bytes": t.total, "status": t.state}
-                for t in moving
-            ],
+            active_files=[_file_entry(t) for t in moving],
+            files=[_file_entry(t) for t in self.trackers] if len(self.trackers) > 1 else None,
         )
 
     def sample(self) -> DownloadProgress | None:
@@ -270,6 +268,11 @@ class _ProgressMeter:
         item.active_files = []
         item.local_path = str(self.plan.local_path)
         return item
+
+
+def _file_entry(tracker: FileProgress) -> dict[str, Any]:
+    return {"name": tracker.name, "downloaded_bytes": tracker.done, "total_bytes": tracker.total,
+            "status": tracker.state}
 
 
 def _percent(done: int, total: int | None) -> float | None:

@@ -65,8 +65,8 @@ def test_a_download_started_from_the_form_fills_its_bar_to_100(page, server, fil
     expect(job.locator('[data-field="percent"]')).to_have_text("100%")
     expect(job.locator('[data-field="bytes"]')).to_have_text("2.0 MB of 2.0 MB")
     local_path = server.settings.home / "first.bin"
-    expect(job.locator(".details .path dd")).to_have_text(re.compile(re.escape(str(local_path)) + "$"))
-    expect(job.get_by_role("button")).to_have_count(0)
+    expect(job.locator(".details .path dd")).to_have_text(str(local_path))  # absolute
+    expect(job.get_by_role("button")).to_have_text(["Dismiss"])
     assert local_path.read_bytes() == data
     assert requests == ["POST /downloads"]  # everything else came down the one event stream
 
@@ -102,13 +102,126 @@ def test_cancel_stops_the_download_and_removes_its_data(page, server, file_serve
     wait_until(job, MID_DOWNLOAD)
 
     button(job, "Cancel").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("Cancel cancelled.bin?")
+    expect(dialog).to_contain_text("downloaded so far")
+    dialog.get_by_role("button", name="Cancel, delete partial data").click()
 
     expect(job.locator(".badge")).to_have_text("Cancelled")
-    expect(job.get_by_role("button")).to_have_count(0)
+    expect(job.get_by_role("button")).to_have_count(1)  # Dismiss only
     expect(job.locator('[data-field="speed"]')).to_have_text("—")
     assert server.api("GET", "/downloads/" + job_id(job)).json()["status"] == "cancelled"
     # The transfer stops and deletes its partial data in the background.
     assert eventually(lambda: not list(server.settings.home.glob("cancelled.bin*")))
+
+
+def test_cancel_can_keep_the_partial_data_and_going_on_is_the_default(page, server, file_server):
+    url = file_server.add_file("/kept.bin", os.urandom(3_000_000), throttle_bps=THROTTLE)
+    start_download(page, url)
+    job = card(page, "kept.bin")
+    wait_until(job, MID_DOWNLOAD)
+
+    button(job, "Cancel").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_role("button", name="Go on downloading")).to_be_focused()
+    page.keyboard.press("Escape")  # closing the question cancels nothing
+    expect(dialog).to_be_hidden()
+    expect(job.locator(".badge")).to_have_text("Downloading")
+
+    button(job, "Cancel").click()
+    dialog.get_by_role("button", name="Cancel, keep partial data").click()
+
+    expect(job.locator(".badge")).to_have_text("Cancelled")
+    expect(job.locator(".message")).to_contain_text("partial data kept")
+    assert eventually(lambda: server.api("GET", "/downloads").json()["total_active"] == 0)
+    assert eventually(lambda: (server.settings.home / "kept.bin.part").is_file())
+    time.sleep(0.3)  # the transfer has stopped in the background: nothing deletes the part later
+    assert (server.settings.home / "kept.bin.part").stat().st_size > 0
+
+
+def test_finished_cards_can_be_dismissed_and_active_ones_come_first(page, server, file_server):
+    done_url = file_server.add_file("/old-news.bin", os.urandom(100_000))
+    server.api("POST", "/downloads", {"model": done_url, "id": "old-news"})
+    finished = card(page, "old-news.bin")
+    expect(finished.locator(".badge")).to_have_text("Completed")
+    expect(finished.locator(".state")).to_contain_text("Completed at")
+    running_url = file_server.add_file("/running.bin", os.urandom(3_000_000), throttle_bps=THROTTLE)
+    start_download(page, running_url)
+    running = card(page, "running.bin")
+    wait_until(running, MID_DOWNLOAD)
+
+    # The running download is above the finished one, although the finished one came first...
+    expect(page.locator("li.card .card-title")).to_have_text(["running.bin", "old-news.bin"])
+    expect(button(running, "Dismiss")).to_be_hidden()
+
+    button(finished, "Dismiss").click()
+
+    expect(finished).to_have_count(0)
+    assert server.api("GET", "/downloads/old-news").status_code == 404
+    assert (server.settings.home / "old-news.bin").is_file()  # dismissing never deletes the file
+    other = page.context.new_page()  # ...and it is gone for every tab, not hidden in this one
+    other.goto("/")
+    expect(card(other, "running.bin")).to_have_count(1)
+    expect(card(other, "old-news.bin")).to_have_count(0)
+
+
+def test_queued_jobs_say_their_place_in_line_and_never_started(serve, open_page, file_server):
+    server = serve(max_active_jobs=1)
+    page = open_page(server)
+    expect(page.locator("#connection")).to_have_text("Live")
+    first = file_server.add_file("/first-in.bin", os.urandom(3_000_000), throttle_bps=THROTTLE)
+    second = file_server.add_file("/second-in.bin", os.urandom(100_000))
+    third = file_server.add_file("/third-in.bin", os.urandom(100_000))
+    start_download(page, first)
+    expect(page.locator("#form-status")).to_have_text("Downloading: first-in.bin")
+    start_download(page, second)
+    expect(page.locator("#form-status")).to_have_text("Queued: second-in.bin, 1st in line")
+    start_download(page, third)
+    expect(page.locator("#form-status")).to_have_text("Queued: third-in.bin, 2nd in line")
+
+    expect(card(page, "third-in.bin").locator(".state")).to_have_text("Queued, 2nd in line")
+    expect(card(page, "first-in.bin").locator(".state")).to_contain_text("Downloading since")
+    expect(page.locator("li.card .card-title")).to_have_text(["first-in.bin", "second-in.bin", "third-in.bin"])
+    assert "Started" not in page.locator("main").inner_text()
+
+    button(card(page, "first-in.bin"), "Cancel").click()
+    page.get_by_role("dialog").get_by_role("button", name="Cancel, delete partial data").click()
+    expect(card(page, "third-in.bin").locator(".badge")).to_have_text("Completed")
+    expect(page.locator("li.card .card-title")).to_have_text(["third-in.bin", "second-in.bin", "first-in.bin"])
+
+
+def test_a_hub_repo_shows_one_bar_per_file_and_the_options_pick_the_files(page, server, fake_hub, hf_env):
+    files = {"config.json": b"{}", "model-1.safetensors": os.urandom(600_000),
+             "model-2.safetensors": os.urandom(400_000), "pytorch_model.bin": os.urandom(300_000)}
+    fake_hub.add_repo("org/sharded", files)
+    page.get_by_role("group").get_by_text("Options").click()
+    page.get_by_label("Exclude files").fill("*.bin, nothing-else")
+    start_download(page, "hf:org/sharded")
+
+    job = card(page, "org/sharded")
+    expect(job.locator(".badge")).to_have_text("Completed")
+    rows = job.locator(".file-list li")
+    expect(rows).to_have_count(3)
+    expect(job.locator(".files-summary")).to_have_text("Files: 3 of 3 complete")
+    if job.locator("details.files").get_attribute("open") is None:
+        job.locator(".files-summary").click()  # folded when the job was already finished at first sight
+    expect(job.get_by_role("progressbar", name="Progress of model-1.safetensors")).to_have_attribute(
+        "aria-valuenow", "100")
+    saved = job.locator(".details .path dd")
+    snapshot = str(server.settings.home / "huggingface" / "hub" / "models--org--sharded" / "snapshots")
+    expect(saved).to_have_text(re.compile("^" + re.escape(snapshot) + "/[0-9a-f]{40}$"))
+    assert "pytorch_model.bin" not in job.inner_text()
+
+
+def test_a_wrong_sha256_from_the_options_fails_the_download(page, server, file_server):
+    url = file_server.add_file("/checked.bin", os.urandom(50_000))
+    page.get_by_text("Options").click()
+    page.get_by_label("SHA-256").fill("0" * 64)
+    start_download(page, url)
+
+    job = card(page, "checked.bin")
+    expect(job.locator(".badge")).to_have_text("Failed")
+    expect(job.locator(".error-message")).to_contain_text("digest mismatch: expected " + "0" * 64)
 
 
 def eventually(condition, timeout: float = 10.0) -> bool:

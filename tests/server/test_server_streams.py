@@ -11,7 +11,7 @@ from server_helpers import assert_error, file_sha256, gguf_bytes, random_bytes, 
 
 JOB_KEYS = {
     "id", "provider", "model", "options", "status", "message", "percent", "downloaded_bytes", "total_bytes",
-    "speed_bps", "eta_seconds", "files_completed", "files_total", "current_file", "local_path", "error_code",
+    "speed_bps", "eta_seconds", "files_completed", "files_total", "current_file", "files", "queue_position", "local_path", "error_code",
     "error_message", "engine_id", "shared_with", "created_at", "started_at", "finished_at", "updated_at", "event_id",
 }
 SLOW = 150_000

@@ -301,10 +301,17 @@ def build_router() -> APIRouter:
 
     @router.delete("/downloads/{model_id}", tags=["kolosal downloads"])
     @router.post("/downloads/{model_id}/cancel", tags=["kolosal downloads"])
-    async def cancel(model_id: str, request: Request) -> Response:
-        previous = await _manager(request).cancel(model_id)
+    async def cancel(model_id: str, request: Request, keep_partial: bool = False) -> Response:
+        """Cancel a download; its partial data is deleted unless `?keep_partial=true`."""
+        previous = await _manager(request).cancel(model_id, keep_partial=keep_partial)
         return _json({"success": True, "message": "Download cancelled successfully", "model_id": model_id,
                 "previous_status": previous, "timestamp": int(time.time() * 1000)})
+
+    @router.post("/downloads/{model_id}/dismiss", tags=["downloads"])
+    async def dismiss(model_id: str, request: Request) -> Response:
+        """Forget a finished (completed, failed or cancelled) download; its files stay on disk."""
+        _manager(request).dismiss(model_id)
+        return _json({"success": True, "message": "Download dismissed", "model_id": model_id})
 
     @router.post("/downloads/{model_id}/pause", tags=["kolosal downloads"])
     async def pause(model_id: str, request: Request) -> Response:

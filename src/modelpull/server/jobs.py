@@ -75,6 +75,7 @@ class Job:
     files_completed: int | None = None
     files_total: int | None = None
     current_file: str | None = None
+    files: list[dict[str, Any]] | None = None  # a multi-file job's per-file progress
     local_path: str | None = None
     error_code: str | None = None
     error_message: str | None = None
@@ -84,6 +85,7 @@ class Job:
     updated_at: int = dataclasses.field(default_factory=now_ms)
     event_id: int = 0
     # Not stored.
+    queue_position: int | None = None  # 1 = next to start, while queued
     token: str | None = dataclasses.field(default=None, repr=False)
     shared_with: list[str] = dataclasses.field(default_factory=list)
     events: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=EVENT_BUFFER))
@@ -120,6 +122,10 @@ class Job:
         self.speed_bps = item.speed_bps
         self.eta_seconds = item.eta_seconds
         self.current_file = item.current_file
+        if item.files is not None:
+            self.files = item.files
+        if status != QUEUED:
+            self.queue_position = None
         if item.local_path:
             self.local_path = item.local_path
         if self.started_at is None:
@@ -136,6 +142,8 @@ class Job:
 
     def set_status(self, status: str, message: str, phase: str | None = None) -> None:
         self.status = status
+        if status != QUEUED:
+            self.queue_position = None
         self.phase = phase or status
         self.message = message
         if status in (PAUSED, QUEUED) or status in FINAL_STATUSES:
@@ -176,6 +184,8 @@ class Job:
             "files_completed": self.files_completed,
             "files_total": self.files_total,
             "current_file": self.current_file,
+            "files": self.files,
+            "queue_position": self.queue_position,
             "local_path": self.local_path,
             "error_code": self.error_code,
             "error_message": self.error_message,
@@ -208,6 +218,7 @@ class Job:
                 setattr(self, name, record[name])
         # The next event continues from the owner's count, never going back.
         self.event_id = max(self.event_id, int(record.get("event_id") or 0) - 1)
+        self.queue_position = None  # numbered again by the manager, with its message
         self.revision += 1
         self.dirty = True
 
@@ -229,7 +240,7 @@ class Job:
 
 _REDACTED_AT_REST = ("message", "error_message", "local_path", "current_file")
 _TRANSIENT = frozenset({
-    "token", "shared_with", "events", "subscribers", "dirty", "unsaved", "last_published", "revision", "view_cache",
-    "data_cache",
+    "queue_position", "token", "shared_with", "events", "subscribers", "dirty", "unsaved", "last_published",
+    "revision", "view_cache", "data_cache",
 })
 _STORED = frozenset(f.name for f in dataclasses.fields(Job)) - _TRANSIENT

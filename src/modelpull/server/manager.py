@@ -65,6 +65,7 @@ log = logging.getLogger("modelpull.server")
 
 PUBLISH_INTERVAL = 0.25  # progress events at most this often per job
 SAVE_INTERVAL = 0.5  # progress written to the store at most this often (2 writes/s per job)
+_CANCEL_KEEP = "cancel_keep"  # the store's control request for a cancel that keeps the partial data
 CLAIM_INTERVAL = 1.0  # a replica looks for work at least this often (a shared store's queue)
 # Options that change how bytes move, not which bytes: jobs differing only in these share a transfer.
 _TUNING_OPTIONS = frozenset(TransferOptions.NAMES) - {"sha256"}
@@ -100,7 +101,8 @@ class DownloadManager:
 
     def __init__(self, settings: Settings, store: JobStore, engines: EngineRegistry) -> None:
         self.settings = settings
-        self.models_dir = Path(settings.home).expanduser()
+        # Absolute, so that every path a client sees (local_path, the Hub cache, Ollama's store) is.
+        self.models_dir = Path(settings.home).expanduser().absolute()
         self.store = store
         self.engines = engines
         self.jobs: dict[str, Job] = {}
@@ -304,9 +306,9 @@ class DownloadManager:
 
     async def _enqueue(self, job: Job) -> None:
         """Queue the job in the store (any replica may claim it), then look for work."""
-        ahead = sum(1 for j in self.jobs.values() if j.status == J.QUEUED and j is not job)
-        job.set_status(J.QUEUED, f"Queued: {ahead} download{'s' if ahead != 1 else ''} ahead" if ahead else "Queued",
-                       phase="queued")
+        job.queue_position = None
+        job.set_status(J.QUEUED, "Queued", phase="queued")
+        self._number_queue()
         try:
             # A token is never stored: a job that needs one stays with the replica holding it.
             await self.store.add_job(job.to_record(), owned=job.token is not None)
@@ -402,27 +404,37 @@ class DownloadManager:
 
     # ------------------------------------------------------------------ control
 
-    async def cancel(self, job_id: str) -> str:
-        """Cancel a job now; returns its previous status. ApiError 400 if it had already ended."""
+    async def cancel(self, job_id: str, keep_partial: bool = False) -> str:
+        """Cancel a job now; returns its previous status. ApiError 400 if it had already ended.
+
+        The partial data is deleted, unless `keep_partial` (then a later download of the same
+        model resumes from it, as after Ctrl-C in the CLI) or another job still follows the transfer.
+        """
         job = self.get(job_id)
         if job.final:
             raise bad_request(f"Cannot cancel download. Current status: {job.status}", None, "download_finished")
         previous = job.status
-        if await self._sent_to_owner(job, "cancel"):
+        if await self._sent_to_owner(job, _CANCEL_KEEP if keep_partial else "cancel"):
             return previous
         if job.final:  # it ended while the store answered
             raise bad_request(f"Cannot cancel download. Current status: {job.status}", None, "download_finished")
-        self._cancel_here(job)
+        self._cancel_here(job, keep_partial=keep_partial)
         return previous
 
-    def _cancel_here(self, job: Job) -> None:
+    def _cancel_here(self, job: Job, *, keep_partial: bool = False) -> None:
         previous = job.status
         transfer = self._transfer_of(job)
         if transfer is not None:
-            self._detach(job, transfer, discard=True)
-        elif previous == J.PAUSED:
+            self._detach(job, transfer, discard=not keep_partial)
+        elif previous == J.PAUSED and not keep_partial:
             self._discard_partial(job)
-        job.set_status(J.CANCELLED, "Download cancelled", phase="cancelled")
+        if keep_partial:
+            message = "Download cancelled; partial data kept: downloading the same model again resumes from it"
+        elif previous == J.QUEUED:
+            message = "Download cancelled before it started"
+        else:
+            message = "Download cancelled; partial data deleted"
+        job.set_status(J.CANCELLED, message, phase="cancelled")
         self._finish(job)
         self._schedule()
 
@@ -463,8 +475,8 @@ class DownloadManager:
         job = self.jobs.get(job_id)
         if job is None or job.final:
             return
-        if action == "cancel":
-            self._cancel_here(job)
+        if action in ("cancel", _CANCEL_KEEP):
+            self._cancel_here(job, keep_partial=action == _CANCEL_KEEP)
         elif action == "pause" and job.status != J.PAUSED:
             self._pause_here(job)
 
@@ -569,8 +581,19 @@ class DownloadManager:
             else:
                 released.append(job)
         self._save(released, release=True)
+        self._number_queue()
         if resumed:
             log.info("resuming unfinished downloads", extra={"count": len(resumed), "job_ids": resumed[:20]})
+
+    def _number_queue(self) -> None:
+        """Give each queued job its place in line (1 = claimed next: the store's order, oldest
+        first) and say it in its message."""
+        queued = sorted((j for j in self.jobs.values() if j.status == J.QUEUED), key=lambda j: (j.created_at, j.id))
+        for position, job in enumerate(queued, start=1):
+            if job.queue_position != position:
+                job.queue_position = position
+                job.message = f"Queued: {_ordinal(position)} in line"
+                job.touch()
 
     def _merge(self, record: dict[str, Any], *, claimed: bool = False) -> Job | None:
         """Bring the store's record of a job into `jobs` (in place: streams hold the object).
@@ -599,6 +622,7 @@ class DownloadManager:
         job = self._merge(record)
         if job is None or self._transfer_of(job) is not None:
             return
+        self._number_queue()
         if not known or job.dirty:
             self._publish(job)
         if job.status == J.QUEUED:
@@ -886,6 +910,16 @@ class DownloadManager:
         self.store.delete_jobs([j.id for j in expired])
         return self._forget(expired)
 
+    def dismiss(self, job_id: str) -> None:
+        """Forget a finished job now (the web page's Dismiss); its files stay on disk.
+        ApiError 400 while it is still queued, running or paused."""
+        job = self.get(job_id)
+        if not job.final:
+            raise bad_request(f"Cannot dismiss a download that is {job.status}: cancel it first", None,
+                              "download_not_finished")
+        self.store.delete_jobs([job.id])
+        self._forget([job])
+
     def _forget(self, jobs: list[Job]) -> list[str]:
         for job in jobs:
             del self.jobs[job.id]
@@ -901,6 +935,11 @@ class DownloadManager:
 
 def _new_id() -> str:
     return "dl-" + secrets.token_hex(6)
+
+
+def _ordinal(number: int) -> str:
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
 
 
 def _source_key(provider: str, model: str, options: dict[str, Any], base_url: str | None) -> str:

@@ -95,6 +95,24 @@
     }
   }
 
+  function ordinal(number) {
+    const tens = number % 100;
+    const suffix = tens >= 11 && tens <= 13 ? "th" : ({ 1: "st", 2: "nd", 3: "rd" }[number % 10] || "th");
+    return `${number}${suffix}`;
+  }
+
+  function formatClock(ms) {
+    if (!ms) return "";
+    const when = new Date(ms);
+    const sameDay = when.toDateString() === new Date().toDateString();
+    const time = when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    return sameDay ? `at ${time}` : `on ${when.toLocaleDateString()} at ${time}`;
+  }
+
+  function isAbsolutePath(text) {
+    return /^(\/|[A-Za-z]:[\\/]|\\\\)/.test(text || "");
+  }
+
   function engineName(engine) {
     const info = engine.model_info || {};
     return info.name || lastPathPart(engine.local_path) || engine.engine_id;
@@ -315,11 +333,36 @@
       if (!card) {
         card = createCard(key, item.created);
         state.cards.set(key, card);
-        insertCard(card);
+        $("jobs").appendChild(card.root);
       }
+      card.order = orderOf(item);
       updateCard(card, item);
     }
+    arrangeCards();
     $("empty").hidden = state.cards.size > 0;
+  }
+
+  // Active downloads first (running, then queued in line order, then paused), then finished
+  // ones, newest first. Returns a sort key: [group, then a number, smaller first].
+  function orderOf({ job, engine }) {
+    const status = job ? job.status : null;
+    if (status === "downloading" || status === "verifying") return [0, -(job.started_at || job.created_at || 0)];
+    if (status === "queued") return [1, job.queue_position || Number.MAX_SAFE_INTEGER];
+    if (status === "paused") return [2, -(job.created_at || 0)];
+    const finished = job ? (job.finished_at || job.created_at || 0) : (engine.created_at || 0);
+    return [3, -finished];
+  }
+
+  // Moves only the cards out of place; a moved node loses keyboard focus, which is given back.
+  function arrangeCards() {
+    const list = $("jobs");
+    const wanted = [...state.cards.values()].sort((a, b) => a.order[0] - b.order[0] || a.order[1] - b.order[1]);
+    const focused = document.activeElement;
+    for (let index = 0; index < wanted.length; index += 1) {
+      const root = wanted[index].root;
+      if (list.children[index] !== root) list.insertBefore(root, list.children[index] || null);
+    }
+    if (focused && focused !== document.activeElement && focused.isConnected) focused.focus({ preventScroll: true });
   }
 
   function createCard(key, created) {
@@ -336,6 +379,11 @@
       bytes: root.querySelector('[data-field="bytes"]'),
       speed: root.querySelector('[data-field="speed"]'),
       eta: root.querySelector('[data-field="eta"]'),
+      state: root.querySelector(".state"),
+      files: root.querySelector(".files"),
+      filesSummary: root.querySelector(".files-summary"),
+      fileList: root.querySelector(".file-list"),
+      fileRows: new Map(),
       message: root.querySelector(".message"),
       error: root.querySelector(".error-message"),
       details: root.querySelector(".details"),
@@ -352,19 +400,6 @@
       card.buttons[button.dataset.action] = button;
     }
     return card;
-  }
-
-  // Newest first; an existing card is never moved (moving a node would drop keyboard focus).
-  function insertCard(card) {
-    const list = $("jobs");
-    for (const other of list.children) {
-      const otherCard = state.cards.get(other.dataset.key);
-      if (otherCard && otherCard.created < card.created) {
-        list.insertBefore(card.root, other);
-        return;
-      }
-    }
-    list.appendChild(card.root);
   }
 
   function setText(element, text) {
@@ -392,7 +427,9 @@
     setText(card.source, sourceParts.filter(Boolean).join(" · "));
 
     updateProgress(card, job, engine, name);
+    updateState(card, job);
     updateMessages(card, job, engine);
+    updateFiles(card, job);
     updateDetails(card, job, engine);
     updateActions(card, job, name);
   }
@@ -442,8 +479,10 @@
       if (job.status === "failed") {
         error = job.error_message || job.message || "The download failed.";
       } else {
-        message = job.message || "";
-        if (job.files_total > 1 && !FINAL.has(job.status)) {
+        // A queued job's message is its place in line, a paused one's that it keeps its data:
+        // the state line says both already.
+        message = job.status === "queued" || job.status === "paused" ? "" : job.message || "";
+        if (job.files_total > 1 && !FINAL.has(job.status) && !(job.files && job.files.length)) {
           const files = `${job.files_completed} of ${job.files_total} files`;
           message = message ? `${message} · ${files}` : files;
         }
@@ -460,11 +499,85 @@
     setText(card.error, error);
   }
 
-  function updateDetails(card, job, engine) {
-    const rows = [];
+  // What the job is doing, in words that never claim more than the server said: a queued job
+  // has not started, a paused one keeps its data, a finished one says when.
+  function updateState(card, job) {
+    let text = "";
+    if (job) {
+      switch (job.status) {
+        case "queued":
+          text = job.queue_position ? `Queued, ${ordinal(job.queue_position)} in line` : "Queued";
+          break;
+        case "downloading":
+          text = job.started_at ? `Downloading since ${formatClock(job.started_at).replace(/^at /, "")}` : "Downloading";
+          break;
+        case "verifying":
+          text = "Verifying the downloaded data";
+          break;
+        case "paused":
+          text = "Paused; the partial data is kept";
+          break;
+        default:
+          text = `${STATUS_LABELS[job.status] || job.status} ${formatClock(job.finished_at)}`.trim();
+      }
+    }
+    setText(card.state, text);
+  }
+
+  // One row per file with its own bar, for downloads of several files (Hugging Face repos).
+  function updateFiles(card, job) {
+    const files = job && Array.isArray(job.files) && job.files.length > 1 ? job.files : null;
+    card.files.hidden = !files;
+    if (!files) return;
+    const done = files.filter((file) => file.status === "complete").length;
+    setText(card.filesSummary, `Files: ${done} of ${files.length} complete`);
+    if (card.fileRows.size === 0 && !FINAL.has(job.status)) card.files.open = files.length <= 12;
+    const seen = new Set();
+    for (const file of files) {
+      seen.add(file.name);
+      let row = card.fileRows.get(file.name);
+      if (!row) {
+        const root = $("file-template").content.firstElementChild.cloneNode(true);
+        row = {
+          root, name: root.querySelector(".file-name"), bytes: root.querySelector(".file-bytes"),
+          bar: root.querySelector(".file-bar"), fill: root.querySelector(".fill"),
+        };
+        row.bar.setAttribute("aria-label", `Progress of ${file.name}`);
+        card.fileRows.set(file.name, row);
+        card.fileList.appendChild(root);
+      }
+      const percent = file.total_bytes ? Math.min(100, (100 * (file.downloaded_bytes || 0)) / file.total_bytes)
+        : (file.status === "complete" ? 100 : 0);
+      row.root.dataset.status = file.status;
+      setText(row.name, file.name);
+      const size = file.total_bytes != null
+        ? `${formatBytes(file.downloaded_bytes || 0)} of ${formatBytes(file.total_bytes)}` : formatBytes(file.downloaded_bytes || 0);
+      setText(row.bytes, file.status === "complete" ? `${formatBytes(file.total_bytes)}, done` : size);
+      row.fill.style.width = `${percent}%`;
+      row.bar.setAttribute("aria-valuenow", String(Math.floor(percent * 10) / 10));
+    }
+    for (const [name, row] of card.fileRows) {
+      if (!seen.has(name)) {
+        row.root.remove();
+        card.fileRows.delete(name);
+      }
+    }
+  }
+
+  // Where the model is: always an absolute path from the server; for Ollama also its store.
+  function savedRows(job, engine) {
     const completed = job ? job.status === "completed" : true;
     const localPath = (job && job.local_path) || (engine && engine.local_path);
-    if (completed && localPath) rows.push(["Saved to", localPath, "path"]);
+    if (!completed || !localPath) return [];
+    if (!job || job.provider !== "ollama") return [["Saved to", localPath, "path"]];
+    const store = job.options && job.options.models_path;
+    if (!isAbsolutePath(localPath)) return [["Saved to", `the Ollama server's store, as ${localPath}`, "path"]];
+    if (store && localPath.startsWith(store)) return [["Saved to", localPath, "path"], ["Ollama store", store, "path"]];
+    return [["Saved to", `${localPath} (in the Ollama server's store)`, "path"]];
+  }
+
+  function updateDetails(card, job, engine) {
+    const rows = savedRows(job, engine);
     if (engine) {
       rows.push(["Engine", `${engine.engine_id} (${(STATUS_LABELS[engine.status] || engine.status).toLowerCase()})`]);
       const info = engine.model_info || {};
@@ -501,6 +614,7 @@
       pause: status === "queued" || status === "downloading",
       resume: status === "paused" || status === "failed",
       cancel: Boolean(job) && !FINAL.has(status),
+      dismiss: Boolean(job) && FINAL.has(status),
     };
     // The same route resumes a paused job and retries a failed one; say which.
     const resumeLabel = status === "failed" ? "Retry" : "Resume";
@@ -531,9 +645,20 @@
     if (!key || !key.startsWith("job:")) return;
     const card = state.cards.get(key);
     const jobId = key.slice(4);
+    const job = state.jobs.get(jobId);
+    let path = `/downloads/${encodeURIComponent(jobId)}/${button.dataset.action}`;
+    if (button.dataset.action === "cancel" && job && (job.downloaded_bytes || job.status !== "queued")) {
+      const choice = await askCancel(job);
+      if (!choice) return;
+      if (choice === "keep") path += "?keep_partial=true";
+    }
     button.setAttribute("aria-disabled", "true");
     try {
-      await api("POST", `/downloads/${encodeURIComponent(jobId)}/${button.dataset.action}`);
+      await api("POST", path);
+      if (button.dataset.action === "dismiss" && state.jobs.delete(jobId)) {
+        $("jobs-title").focus();
+        render();
+      }
       if (card) setText(card.actionError, "");
     } catch (error) {
       if (card && error.status !== 401) setText(card.actionError, error.message);
@@ -542,16 +667,62 @@
     }
   }
 
+  // Cancel asks what to do with the bytes already on disk: keep them (downloading the same model
+  // again resumes from them, as after Ctrl-C in the CLI) or delete them. "" = do not cancel.
+  function askCancel(job) {
+    const dialog = $("cancel-dialog");
+    const size = job.downloaded_bytes ? `${formatBytes(job.downloaded_bytes)} downloaded so far` : "Some data may be on disk already";
+    setText($("cancel-title"), `Cancel ${jobName(job)}?`);
+    setText($("cancel-text"), `${size}. Keep it, and downloading the same model again resumes from it; or delete it.`);
+    return new Promise((resolve) => {
+      dialog.addEventListener("close", () => resolve(dialog.returnValue || ""), { once: true });
+      dialog.returnValue = "";
+      dialog.showModal();
+    });
+  }
+
   // ------------------------------------------------------------------ forms
 
   const FIELD_FOR_PARAM = {
     model: "model", model_path: "model", provider: "model", options: "model",
     token: "token", engine_id: "engine-id",
+    "options.revision": "opt-revision", "options.sha256": "opt-sha256", sha256: "opt-sha256",
+    "options.allow_patterns": "opt-include", "options.ignore_patterns": "opt-exclude",
   };
+  const OPTION_FIELDS = ["opt-revision", "opt-sha256", "opt-include", "opt-exclude"];
 
   function clearFormError() {
     setText($("form-error"), "");
-    for (const id of ["model", "token", "engine-id"]) $(id).removeAttribute("aria-invalid");
+    for (const id of ["model", "token", "engine-id", ...OPTION_FIELDS]) $(id).removeAttribute("aria-invalid");
+  }
+
+  function patterns(text) {
+    return text.split(",").map((part) => part.trim()).filter(Boolean);
+  }
+
+  // The options disclosure as the `options` object of POST /downloads (only what was filled in).
+  function formOptions() {
+    const options = {};
+    const revision = $("opt-revision").value.trim();
+    const sha256 = $("opt-sha256").value.trim().toLowerCase();
+    const include = patterns($("opt-include").value);
+    const exclude = patterns($("opt-exclude").value);
+    if (revision) options.revision = revision;
+    if (sha256) options.sha256 = sha256;
+    if (include.length) options.allow_patterns = include;
+    if (exclude.length) options.ignore_patterns = exclude;
+    return options;
+  }
+
+  // What the POST answer says, and no more: a queued job has not started.
+  function submittedStatus(job, fallback) {
+    if (!job || !job.id) return `Added: ${fallback}`;
+    const name = jobName(job);
+    if (job.status === "queued") {
+      return job.queue_position ? `Queued: ${name}, ${ordinal(job.queue_position)} in line` : `Queued: ${name}`;
+    }
+    if (job.status === "completed") return `Already downloaded: ${name}`;
+    return `Downloading: ${name}`;
   }
 
   function showFormError(message, fieldId) {
@@ -559,6 +730,7 @@
     setText($("form-error"), message);
     if (fieldId) {
       const field = $(fieldId);
+      if (OPTION_FIELDS.includes(fieldId)) $("options").open = true;
       field.setAttribute("aria-invalid", "true");
       field.setAttribute("aria-errormessage", "form-error");
       field.focus();
@@ -577,22 +749,30 @@
       showFormError("Enter the model's URL or reference, for example hf:Qwen/Qwen2.5-0.5B-Instruct.", "model");
       return;
     }
+    const options = formOptions();
+    if (engineId && Object.keys(options).some((name) => name !== "sha256")) {
+      showFormError("With an engine id, only the SHA-256 option applies: put a revision in the reference "
+        + "(hf:org/name@revision:file), or leave the engine id empty.", "engine-id");
+      return;
+    }
     submit.setAttribute("aria-disabled", "true");
-    setText($("form-status"), "Starting…");
+    setText($("form-status"), "Sending…");
     try {
       let status;
       if (engineId) {
         // The token travels in the body only, never in a URL.
         const body = { engine_id: engineId, model_path: model };
         if (token) body.token = token;
+        if (options.sha256) body.sha256 = options.sha256;
         const { data } = await api("POST", "/engines", body);
         status = (data && data.message) || `Engine ${engineId} requested.`;
       } else {
         const body = { model };
         if (token) body.token = token;
+        if (Object.keys(options).length) body.options = options;
         const { data } = await api("POST", "/downloads", body);
         if (data && data.id) upsertJob(data, false);
-        status = `Started: ${data && data.id ? jobName(data) : model}`;
+        status = submittedStatus(data, model);
       }
       $("download-form").reset();
       setText($("form-status"), status);
@@ -600,7 +780,7 @@
       if (error.status !== 401) showFormError(error.message, FIELD_FOR_PARAM[error.param] || null);
     } finally {
       submit.removeAttribute("aria-disabled");
-      if ($("form-status").textContent === "Starting…") setText($("form-status"), "");
+      if ($("form-status").textContent === "Sending…") setText($("form-status"), "");
     }
   }
 

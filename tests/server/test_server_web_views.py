@@ -1,0 +1,103 @@
+"""What the web page reads from the job JSON: places in line, per-file progress, absolute paths,
+Cancel keeping or deleting the partial data, and dismissing a finished job."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from server_helpers import assert_error, random_bytes
+
+pytestmark = pytest.mark.timeout(90)
+
+SLOW = 150_000
+
+
+def eventually(condition, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_queued_jobs_say_their_place_in_line_and_move_up(start_server, file_server):
+    server = start_server(max_active_jobs=1)
+    urls = [file_server.add_file(f"/line{i}.bin", random_bytes(300_000, seed=i), throttle_bps=SLOW) for i in range(4)]
+    ids = [server.submit(u)["id"] for u in urls]
+    jobs = [server.job(i) for i in ids]
+    assert [j["queue_position"] for j in jobs] == [None, 1, 2, 3]
+    assert jobs[3]["message"] == "Queued: 3rd in line"
+    assert jobs[0]["started_at"] is not None and jobs[3]["started_at"] is None
+
+    server.client.post(f"/downloads/{ids[0]}/cancel")
+
+    moved = server.wait(ids[3], lambda job: job["queue_position"] == 2)
+    assert moved["message"] == "Queued: 2nd in line"
+    assert server.job(ids[1])["queue_position"] is None
+    server.client.post("/downloads/cancel")
+
+
+def test_paths_are_absolute_even_with_a_relative_models_dir(start_server, file_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    server = start_server(home="relative-models")
+    url = file_server.add_file("/where.bin", b"w" * 1000)
+    job = server.submit(url)
+    assert job["local_path"] == str(tmp_path / "relative-models" / "where.bin")
+    done = server.wait_status(job["id"], "completed", "failed")
+    assert done["local_path"] == str(tmp_path / "relative-models" / "where.bin")
+
+
+def test_cancel_deletes_the_partial_data_unless_asked_to_keep_it(server, file_server):
+    kept_url = file_server.add_file("/kept.bin", random_bytes(2_000_000, seed=5), throttle_bps=SLOW)
+    gone_url = file_server.add_file("/gone.bin", random_bytes(2_000_000, seed=6), throttle_bps=SLOW)
+    kept = server.submit(kept_url)["id"]
+    gone = server.submit(gone_url)["id"]
+    server.wait_bytes(kept)
+    server.wait_bytes(gone)
+
+    answer = server.client.post(f"/downloads/{kept}/cancel", params={"keep_partial": "true"})
+    assert answer.status_code == 200 and answer.json()["previous_status"] == "downloading"
+    assert server.client.delete(f"/downloads/{gone}").status_code == 200
+
+    assert "partial data kept" in server.job(kept)["message"]
+    assert "partial data deleted" in server.job(gone)["message"]
+    home = server.settings.home
+    assert eventually(lambda: not list(home.glob("gone.bin*")))
+    assert eventually(lambda: not server.manager.running_transfers)
+    assert (home / "kept.bin.part").stat().st_size > 0
+    # The kept bytes are reused: the same URL again resumes instead of starting over.
+    again = server.submit(kept_url)["id"]
+    done = server.wait_status(again, "completed", "failed")
+    assert done["status"] == "completed"
+    ranges = [r.headers.get("Range") for r in file_server.requests_for("/kept.bin", "GET")]
+    assert any(r and not r.startswith("bytes=0-") for r in ranges[1:]), ranges
+
+
+def test_a_finished_job_can_be_dismissed_but_a_running_one_cannot(server, file_server):
+    slow = server.submit(file_server.add_file("/busy.bin", random_bytes(1_000_000, seed=7), throttle_bps=SLOW))["id"]
+    done = server.submit(file_server.add_file("/done.bin", b"d" * 1000))["id"]
+    server.wait_status(done, "completed")
+
+    assert_error(server.client.post(f"/downloads/{slow}/dismiss"), 400, code="download_not_finished")
+    answer = server.client.post(f"/downloads/{done}/dismiss")
+    assert answer.status_code == 200, answer.text
+
+    assert_error(server.client.get(f"/downloads/{done}"), 404)
+    assert (server.settings.home / "done.bin").is_file()  # dismissing never deletes files
+    server.client.post("/downloads/cancel")
+
+
+def test_a_multi_file_job_lists_each_file_with_its_bytes(fake_hub, hf_env, start_server):
+    files = {"config.json": b"{}", "a.safetensors": b"a" * 300_000, "b.safetensors": b"b" * 200_000}
+    fake_hub.add_repo("org/several", files)
+    server = start_server()
+    job = server.submit("hf:org/several")
+    done = server.wait_status(job["id"], "completed", "failed")
+    assert done["status"] == "completed", done
+    listed = {f["name"]: f for f in done["files"]}
+    assert set(listed) == set(files)
+    for name, data in files.items():
+        assert listed[name]["total_bytes"] == len(data) == listed[name]["downloaded_bytes"]
+        assert listed[name]["status"] == "complete"
