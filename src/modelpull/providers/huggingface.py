@@ -23,7 +23,7 @@ import random
 import re
 from pathlib import Path
 from typing import Any, Callable, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from huggingface_hub import HfApi
 from huggingface_hub.errors import (
@@ -49,7 +49,7 @@ from .._errors import (
 )
 from .._paths import UnsafeName, git_sha1_hex, relative_parts, sha256_hex, shown_name
 from .._plan import DownloadRequest, Plan, PlannedFile, TransferOptions
-from ..transfer._http import retry_after_seconds
+from ..transfer._http import retry_after_seconds, unknown_host, unknown_host_error
 from ..transfer._policy import AddressCheck, AddressRefused
 from ._base import Provider
 from ._hf_cache import HubCache, LocalDir, RepoFile, default_cache_dir
@@ -128,6 +128,14 @@ class HuggingFaceProvider(Provider):
         if target.local_dir is not None:
             return self._plan_local_dir(target, listing, selected, single)
         return self._plan_cache(target, listing, selected, single)
+
+    def data_location(self, request: DownloadRequest) -> str:
+        """The plain folder (`local_dir`), else this repo's folder in the Hub cache."""
+        target = self.target(request)
+        if target.local_dir is not None:
+            return str(target.local_dir.absolute())
+        assert target.cache_dir is not None
+        return str(HubCache(target.cache_dir, target.repo_id, target.repo_type).storage.absolute())
 
     def target(self, request: DownloadRequest) -> HubTarget:
         options = request.options
@@ -296,7 +304,7 @@ class HubClient:
 
     def _retry_delay(self, exc: Exception, failures: int) -> float | None:
         """Seconds to wait before trying again, or None to give up."""
-        if failures > self.transfer.max_retries:
+        if failures > self.transfer.max_retries or unknown_host(exc):
             return None
         status = _status(exc)
         transport = isinstance(exc, _hub_http.TransportError) and not isinstance(exc, _hub_http.ProxyError)
@@ -357,6 +365,8 @@ class HubClient:
         if isinstance(exc, AddressRefused):
             return ModelPullError(f"{exc} (the Hugging Face Hub at {target.endpoint}, or a redirect from it)",
                                   code="url_not_allowed")
+        if unknown_host(exc):
+            return unknown_host_error(urlsplit(target.endpoint).hostname, f"the Hub endpoint {target.endpoint}")
         if isinstance(exc, (_hub_http.TransportError, OSError)):
             return ConnectionFailed(f"Cannot connect to Hugging Face Hub at {target.endpoint} ({_reason(exc)})",
                                     code="hub_unreachable")

@@ -38,7 +38,7 @@ from .._progress import DownloadProgress, DownloadStatus
 from .._units import format_bytes
 from ..transfer import public_url, write_durably
 from ..transfer._aiohttp import open_following_redirects
-from ..transfer._http import RETRYABLE_STATUSES
+from ..transfer._http import RETRYABLE_STATUSES, unknown_host, unknown_host_error
 from ._base import Provider
 
 if TYPE_CHECKING:
@@ -122,6 +122,16 @@ class OllamaProvider(Provider):
 
     def describe(self, request: DownloadRequest) -> str:
         return f"{OllamaName.parse(request.model).display} from Ollama"
+
+    def data_location(self, request: DownloadRequest) -> str:
+        """Ollama's store here (direct), or the server's, which keeps its partial layers itself."""
+        store = store_root(request.options.get("models_path")).absolute()
+        if request.options.get("direct"):
+            return str(store)
+        server, chosen = server_url(request.base_url)
+        if chosen or request.options.get("direct") is False:
+            return f"the store of the Ollama server at {server}"
+        return f"the store of the Ollama server at {server} (or {store}, if no server answered there)"
 
     async def stream(self, request: DownloadRequest, context: "RunContext") -> AsyncIterator[DownloadProgress]:
         """Through the server; straight from the registry when asked, or when no server was named
@@ -330,6 +340,8 @@ class _Registry:
                 if response.status not in RETRYABLE_STATUSES or attempt == attempts - 1:
                     return response.status, response.headers, body
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                if unknown_host(exc):
+                    raise unknown_host_error(URL(url).host, f"the Ollama registry address {self.base}") from None
                 if attempt == attempts - 1:
                     raise ConnectionFailed(
                         f"cannot reach the Ollama registry at {self.base}: {exc or exc.__class__.__name__}",
@@ -423,6 +435,9 @@ class _ServerPull:
                 json={"model": self.model, "stream": True}, timeout=timeout,
             )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            if unknown_host(exc):
+                raise unknown_host_error(URL(self.server).host, "the Ollama server address (base_url, OLLAMA_HOST)") \
+                    from None
             raise _Unreachable() from exc
         complete: DownloadProgress | None = None
         try:

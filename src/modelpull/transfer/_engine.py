@@ -54,6 +54,8 @@ from ._http import (
     public_url,
     retry_after_seconds,
     strip_credentials,
+    unknown_host,
+    unknown_host_error,
     wire_following_redirects,
 )
 from ._progress import FileProgress
@@ -826,6 +828,8 @@ class _FileTransfer:
         except AddressRefused as exc:
             raise SourceError(str(exc), code="url_not_allowed") from None
         except (OSError, http.client.HTTPException) as exc:
+            if unknown_host(exc):
+                raise unknown_host_error(URL(str(target)).host) from None
             raise self._retryable_from(exc) from None
         if self.resolved is not None and response.status in (401, 403, 404, 410) and target != self.url:
             # A signed CDN link may have expired: ask the origin again once.

@@ -7,6 +7,7 @@ final URL is known and reused for every piece.
 from __future__ import annotations
 
 import email.utils
+import socket
 import time
 from typing import TYPE_CHECKING, Mapping
 
@@ -15,6 +16,7 @@ from yarl import URL
 from .._errors import (
     AccessDenied,
     AuthenticationRequired,
+    ConnectionFailed,
     ModelPullError,
     NotFound,
     SourceError,
@@ -28,6 +30,36 @@ RETRYABLE_STATUSES = {408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524
 _CREDENTIAL_HEADERS = {"authorization", "cookie", "proxy-authorization"}
 MAX_REDIRECTS = 10
 USER_AGENT = "modelpull/0.1"
+
+
+# getaddrinfo()'s answers for "no such name" (NXDOMAIN, no address records), as opposed to
+# EAI_AGAIN, "DNS did not answer now", which a retry may cure (a laptop back on the network).
+_NO_SUCH_NAME = frozenset(
+    code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None), socket.EAI_FAIL) if code is not None
+)
+
+
+def unknown_host(exc: BaseException | None) -> bool:
+    """True when `exc`, or an error it was raised from, is DNS saying the name does not exist.
+
+    The one test every client uses (the wire, aiohttp, the Hub's httpx) to fail at once instead
+    of retrying: retrying a name that does not exist only makes the user wait.
+    """
+    for _ in range(8):  # httpx and aiohttp wrap the socket error once or twice
+        if exc is None:
+            return False
+        if isinstance(exc, socket.gaierror):
+            return exc.errno in _NO_SUCH_NAME
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def unknown_host_error(host: str | None, what: str = "the URL") -> ConnectionFailed:
+    """The error for a host name DNS does not know: what to check, without waiting for retries."""
+    return ConnectionFailed(
+        f"'{host}' does not resolve (DNS knows no such host): check the host name in {what}",
+        code="unknown_host",
+    )
 
 
 def public_url(url: str | URL) -> str:
