@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +28,81 @@ async def download_model(
     base_url: str | None = None,
     **options: Any,
 ) -> AsyncIterator[DownloadProgress]:
-    """Download `model` from `provider`, yielding progress as it goes.
+    """Download `model` from `provider`, yielding `DownloadProgress` items as it goes.
 
-    The first item is STARTING; the last is COMPLETE (`percent` 100.0, `local_path` set) or
-    ERROR (`error_code` and a message saying what to do). Failures are items, not exceptions,
-    except an unknown provider: ValueError, as in AbstractCore.
+    An async generator (AbstractCore's `download_model`, and more): the first item is STARTING;
+    the last is COMPLETE (`percent` 100.0, `local_path` set) or ERROR (`error_code` and a message
+    saying what failed and what to do). Failures are items, not exceptions, except an unknown
+    provider: ValueError "... does not support model downloads", raised on the first iteration.
+    Closing the generator (`aclose()`, or cancelling the task reading it) stops the transfer at
+    once and keeps the partial data: the same call later resumes from it.
 
-    Closing the generator (`aclose()`, or cancelling the task consuming it) stops the
-    transfer at once and keeps the partial data, so the same call later resumes.
+    Providers (`provider`, then what `model` is):
 
-    Options: `models_dir` (default `MODELPULL_HOME` or ./models), the transfer options
-    (`connections`, `sha256`, `multipart_threshold`, `piece_size`, `stall_timeout`,
-    `max_retries`, `retry_backoff`, `retry_max_delay`, `max_concurrent_files`, ...), and the
-    provider's own (`dest`, `filename` for URLs; `revision`, `allow_patterns` for the Hub; ...).
+        "url"           an http(s) URL of one file (aliases "http", "https")
+                        options: dest (folder, default models_dir), filename (name to save as)
+        "huggingface"   a Hub repo id, "org/name" (alias "hf"); files land in the Hub cache
+                        (HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)
+                        options: revision (branch, tag or commit; default "main"), filename (one
+                        file), allow_patterns / ignore_patterns (globs, a string or a list),
+                        repo_type ("model" or "dataset"), cache_dir (another Hub cache),
+                        local_dir (plain files in this folder instead of the cache)
+                        token: token=, else HF_TOKEN; base_url: a Hub mirror (else HF_ENDPOINT)
+        "mlx"           an MLX model: "name" means "mlx-community/name", or "org/name";
+                        the Hugging Face options; the repo is checked to be an MLX model
+        "ollama"        "name[:tag]" or "host/namespace/name:tag"
+                        options: direct (True: from the registry into Ollama's store without a
+                        running Ollama; False: only through the server; None: through the server
+                        at base_url / OLLAMA_HOST / localhost:11434, else direct), registry (the
+                        registry's base URL), models_path (the store; default OLLAMA_MODELS, else
+                        ~/.ollama/models)
+
+    Options for every provider: models_dir (where "url" downloads land; default
+    MODELPULL_HOME or ./models) and the transfer options: connections (per large file, 8),
+    multipart_threshold (bytes before a file is split, 64 MiB), piece_size, stall_timeout
+    (seconds without a byte before reconnecting, 30), connect_timeout, max_retries (failures in
+    a row before giving up, 5), retry_backoff, retry_max_delay, max_concurrent_files (4),
+    sha256 (expected digest of a one-file download: a mismatch deletes the file and fails).
+    Any other name: an ERROR item with code "invalid_request" naming the known ones.
+
+    Each `DownloadProgress` has: status (QUEUED, STARTING, DOWNLOADING, PAUSED, VERIFYING,
+    COMPLETE, ERROR, CANCELLED), message (a sentence for people), percent (0-100 over the whole
+    model; None while the size is unknown), downloaded_bytes / total_bytes (the whole model,
+    bytes kept from an earlier attempt included), speed_bps and eta_seconds (None until known),
+    files_completed / files_total / current_file, active_files and files (per-file
+    {name, downloaded_bytes, total_bytes, status}), local_path (on COMPLETE: the file, or the
+    snapshot folder of a repo), error_code (on ERROR).
+
+    Error codes (ERROR items' `error_code`; the exception classes of `modelpull` in brackets):
+    invalid_request [InvalidRequest]; not_found, repo_not_found, revision_not_found,
+    entry_not_found, model_not_found [NotFound]; auth_required, gated_repo, invalid_token,
+    registry_auth [AuthenticationRequired]; forbidden, gated_no_access [AccessDenied];
+    rate_limited [RateLimited]; connection_failed, unknown_host (the host name does not
+    resolve: fails at once, no retries), hub_unreachable, registry_unreachable,
+    ollama_unreachable [ConnectionFailed]; server_error, hub_error [ServerError or
+    ModelPullError]; digest_mismatch [DigestMismatch]; size_mismatch [SizeMismatch];
+    insufficient_space [NotEnoughSpace]; disk_full [DiskFull]; disk_error [DiskError];
+    url_not_allowed, too_many_redirects, bad_redirect, bad_response, bad_manifest,
+    unstable_source, registry_error, ollama_error, incomplete_stream, incomplete,
+    transfer_failed, not_mlx_model, internal_error [ModelPullError and subclasses].
+
+    Example:
+
+        import asyncio
+        from modelpull import download_model, DownloadStatus
+
+        async def main():
+            async for item in download_model("huggingface", "Qwen/Qwen2.5-0.5B-Instruct",
+                                             allow_patterns=["*.json", "*.safetensors"]):
+                print(item.status.value, item.percent, item.message)
+                if item.status is DownloadStatus.COMPLETE:
+                    print("saved in", item.local_path)
+                elif item.status is DownloadStatus.ERROR:
+                    print("failed:", item.error_code)
+
+        asyncio.run(main())
+
+    The blocking form is `pull("hf:Qwen/Qwen2.5-0.5B-Instruct", progress=True)`.
     """
     name = canonical_name(provider)  # ValueError for an unknown provider, before any item
     control: DownloadControl | None = options.pop("_control", None)
@@ -111,6 +173,18 @@ async def download_model(
             stop.cancel()
         await stream.aclose()
         await context.close()
+
+
+def data_location(provider: str, model: str, base_url: str | None = None, **options: Any) -> str:
+    """Where a download with these arguments keeps its data, partial data included: the Hub
+    cache's repo folder for `huggingface`, Ollama's store, the URL's folder. For messages such as
+    "interrupted: partial data kept in ..."; a description when the options are invalid."""
+    name = canonical_name(provider)
+    source = get_provider(name)
+    try:
+        return source.data_location(_build_request(source, name, model, None, base_url, dict(options)))
+    except ModelPullError:
+        return str(Settings.from_env().home.absolute())
 
 
 def _is_network_error(exc: Exception) -> bool:
@@ -187,11 +261,20 @@ def _cancelled_item(last: DownloadProgress | None, *, discarded: bool) -> Downlo
 
 
 def pull(ref: str, *, provider: str | None = None, token: str | None = None, base_url: str | None = None,
-         **options: Any) -> Path:
-    """Download a model and return its local path; blocking, for scripts.
+         progress: bool | Callable[[DownloadProgress], None] = False, **options: Any) -> Path:
+    """Download a model and return its local path; blocking, for scripts and notebooks.
 
-    `ref` is a reference (`https://...`, `hf:org/name`, `mlx:name`, `ollama:name:tag`) or, with
-    `provider=`, that provider's model name. Raises ModelPullError on failure.
+    `ref` is a reference (`https://...`, `hf:org/name[@revision][:file]`, `mlx:name`,
+    `ollama:name[:tag]`) or, with `provider=`, that provider's model name. `options` are
+    download_model()'s (see help(download_model): providers, options, error codes).
+
+    `progress=True` shows progress on stderr: bars on a terminal, a line now and then
+    otherwise (a log, a notebook's captured output). A callable is called with every
+    `DownloadProgress` item instead. Raises `ModelPullError` (its `.code` is the item's
+    error_code) on failure; Ctrl-C stops the download and keeps the partial data.
+
+        >>> from modelpull import pull
+        >>> path = pull("hf:Qwen/Qwen2.5-0.5B-Instruct", progress=True, allow_patterns="*.json")
     """
     if provider is None:
         try:
@@ -201,14 +284,36 @@ def pull(ref: str, *, provider: str | None = None, token: str | None = None, bas
         provider, model, options = parsed.provider, parsed.model, {**parsed.options, **options}
     else:
         model = ref
+    show, finish = _progress_callback(progress, model)
 
     async def run() -> Path:
         final: DownloadProgress | None = None
         async for item in download_model(provider, model, token=token, base_url=base_url, **options):
             final = item
+            if show is not None:
+                show(item)
         assert final is not None
         if final.status is not DownloadStatus.COMPLETE or final.local_path is None:
             raise ModelPullError(final.message, code=final.error_code or "error")
         return Path(final.local_path)
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    finally:
+        if finish is not None:
+            finish()
+
+
+def _progress_callback(
+    progress: bool | Callable[[DownloadProgress], None], label: str
+) -> tuple[Callable[[DownloadProgress], None] | None, Callable[[], None] | None]:
+    """(called with every item, called at the end) for pull()'s `progress` argument."""
+    if callable(progress):
+        return progress, None
+    if not progress:
+        return None, None
+    from ._bars import BarsView, LogView, console  # the CLI's views; rich is imported only now
+
+    errors = console(sys.stderr)
+    view = BarsView(errors, label=label) if errors.is_terminal else LogView(errors)
+    return view.show, view.finish

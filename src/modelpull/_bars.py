@@ -10,6 +10,8 @@ from typing import Any, Callable, TextIO
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, DownloadColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
+from rich.progress_bar import ProgressBar
+from rich.table import Column
 from rich.text import Text
 
 from ._progress import DownloadProgress, DownloadStatus
@@ -80,14 +82,27 @@ class _SpeedColumn(ProgressColumn):
 
 
 class _EtaColumn(ProgressColumn):
-    """The stream's ETA; blank while unknown."""
+    """The stream's ETA; blank while unknown; "failed" once the download failed."""
 
     def render(self, task: Task) -> Text:
+        if task.fields.get("failed"):
+            return Text("failed", style="bold red")
         if task.finished:
             return Text("done", style="progress.elapsed")
         if task.fields.get("eta_seconds") is None:
             return Text("")
         return Text(format_seconds(task.fields["eta_seconds"]), style="progress.remaining")
+
+
+class _BarColumn(BarColumn):
+    """rich's bar, red once the download failed: a bar as full as the bytes that arrived (all of
+    them when a digest did not match) must not look like a finished download above the error."""
+
+    def render(self, task: Task) -> ProgressBar:
+        bar = super().render(task)
+        if task.fields.get("failed"):
+            bar.complete_style = bar.finished_style = "red"
+        return bar
 
 
 class _PercentColumn(ProgressColumn):
@@ -106,11 +121,18 @@ class BarsView(View):
     moves past it (the runner names the first unfinished file in plan order) or completes.
     """
 
+    # The columns right of the bar need about 40 characters ("100.0% 12.3/45.6 GB 123.4 MB/s
+    # 1h02m"); names are cut (…) so that a row never wraps, down to 80 columns and below.
+    NUMBERS_WIDTH = 40
+    MIN_BAR = 10
+
     def __init__(self, console: Console, label: str) -> None:
         self._label = label
+        name_width = max(12, min(48, console.width - self.NUMBERS_WIDTH - self.MIN_BAR))
         self._progress = Progress(
-            TextColumn("{task.description}", style="progress.description", markup=False),
-            BarColumn(bar_width=None),
+            TextColumn("{task.description}", style="progress.description", markup=False,
+                       table_column=Column(no_wrap=True, overflow="ellipsis", max_width=name_width)),
+            _BarColumn(bar_width=None),
             _PercentColumn(),
             _BytesColumn(),
             _SpeedColumn(),
@@ -138,9 +160,17 @@ class BarsView(View):
             self._total = self._progress.add_task(description, total=item.total_bytes)
         if self._total is not None:
             self._update_total(item, multi)
-        if multi and item.status is not DownloadStatus.ERROR:
+        if item.status is DownloadStatus.ERROR:
+            self._mark_failed()
+        elif multi:
             self._update_rows(item)
         self._status.update(item)
+
+    def _mark_failed(self) -> None:
+        """Every unfinished row, and the total, turns red and says "failed"."""
+        for task in self._progress.tasks:
+            if task.id == self._total or task.id in {self._rows[name] for name in self._active}:
+                self._progress.update(task.id, failed=True)
 
     def _update_total(self, item: DownloadProgress, multi: bool) -> None:
         assert self._total is not None

@@ -9,6 +9,7 @@
     │   └── RateLimited            429 after the retries ran out                           rate_limited
     ├── TransferError              the bytes did not arrive intact
     │   ├── ConnectionFailed       cannot reach the host, after retries                    connection_failed
+    │   │                          (a host name DNS does not know: at once, no retries)    unknown_host
     │   ├── ServerError            5xx after retries                                       server_error
     │   ├── DigestMismatch         sha256 (or git sha1) differs                            digest_mismatch
     │   └── SizeMismatch           fewer or more bytes than announced                      size_mismatch

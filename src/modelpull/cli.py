@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from . import __version__
-from ._api import download_model
+from ._api import data_location, download_model
 from ._progress import DownloadProgress, DownloadStatus
 from ._refs import Reference, parse_reference
-from ._settings import Settings
 from ._units import format_seconds
 
 EXIT_OK = 0
@@ -257,13 +256,6 @@ async def _consume(ref: Reference, options: dict[str, Any], token: str | None, b
         await stream.aclose()
 
 
-def _models_dir(options: dict[str, Any]) -> Path:
-    for key in ("models_dir", "local_dir", "models_path"):
-        if key in options:
-            return Path(options[key]).absolute()
-    return Settings.from_env().home.absolute()
-
-
 def _choose_view(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, label: str) -> View:
     if args.json:
         return JsonView(stdout)
@@ -308,7 +300,8 @@ def pull(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         view.finish()
 
     if outcome.interrupted_by is not None:
-        print(f"interrupted: partial data kept in {_models_dir(options)}; run the same command again to resume",
+        where = data_location(ref.provider, ref.model, args.base_url, **options)
+        print(f"interrupted: partial data kept in {where}; run the same command again to resume",
               file=stderr, flush=True)
         return 128 + int(outcome.interrupted_by)
     final = outcome.final

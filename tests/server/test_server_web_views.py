@@ -101,3 +101,18 @@ def test_a_multi_file_job_lists_each_file_with_its_bytes(fake_hub, hf_env, start
     for name, data in files.items():
         assert listed[name]["total_bytes"] == len(data) == listed[name]["downloaded_bytes"]
         assert listed[name]["status"] == "complete"
+
+
+def test_serve_tells_a_person_where_the_page_and_the_api_docs_are(spawn_server, tmp_path):
+    models = tmp_path / "served-models"
+    server = spawn_server("--models-dir", str(models))
+
+    assert eventually(lambda: "Press Ctrl-C to stop." in server.log_path.read_text())
+    lines = server.log_path.read_text().splitlines()
+    banner = lines[lines.index(next(line for line in lines if line.startswith("modelpull "))):]
+    assert banner[0].startswith(f"modelpull ") and banner[0].endswith(f"is serving on {server.url}")
+    assert banner[1] == f"  web page:  {server.url}/"
+    assert banner[2] == f"  API docs:  {server.url}/docs"
+    assert banner[3] == f"  models in: {models}"
+    assert server.client.get("/").status_code == 200
+    assert server.client.get("/docs").status_code == 200

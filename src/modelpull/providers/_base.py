@@ -35,3 +35,7 @@ class Provider(abc.ABC):
     def describe(self, request: DownloadRequest) -> str:
         """How the STARTING message names this download."""
         return f"{request.model} from {self.name}"
+
+    def data_location(self, request: DownloadRequest) -> str:
+        """Where this download's data is, partial data included, for messages ("kept in ...")."""
+        return str(request.models_dir.absolute())

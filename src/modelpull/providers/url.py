@@ -33,6 +33,9 @@ class UrlProvider(Provider):
     def describe(self, request: DownloadRequest) -> str:
         return f"{public_url(request.model)} from url"
 
+    def data_location(self, request: DownloadRequest) -> str:
+        return str(Path(request.options.get("dest") or request.models_dir).expanduser().absolute())
+
     async def plan(self, request: DownloadRequest, context) -> Plan:
         url = _checked_url(request.model)
         headers = {"Authorization": f"Bearer {request.token}"} if request.token else {}

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .. import __version__
 from .._settings import Settings
 
 _DESCRIPTION = """\
@@ -180,7 +181,7 @@ def serve_main(argv: Sequence[str]) -> int:
         timeout_graceful_shutdown=3,  # open SSE streams must not hold a shutdown forever
         lifespan="on",
     )
-    server = _server_class()(config)
+    server = _server_class(settings)(config)
     try:
         server.run()
     except KeyboardInterrupt:
@@ -209,11 +210,12 @@ def _pin_mmap_threshold() -> None:
         pass
 
 
-def _server_class():
+def _server_class(settings: Settings):
     import uvicorn
 
     class Server(uvicorn.Server):
-        """uvicorn, plus one log line with the port really bound (useful with --port 0)."""
+        """uvicorn, plus one log line with the port really bound (useful with --port 0) and, for
+        the person who started it, where the page and the API docs are."""
 
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets)
@@ -222,9 +224,31 @@ def _server_class():
                     host, port = sock.getsockname()[:2]
                     logging.getLogger("modelpull.server").info(
                         "listening on http://%s:%s", host, port, extra={"host": host, "port": port})
+                    print(startup_banner(host, port, settings), file=sys.stderr, flush=True)
                     return
 
     return Server
+
+
+def startup_banner(host: str, port: int, settings: Settings) -> str:
+    """The human lines `modelpull serve` prints once it listens (the logs are for machines)."""
+    shown = host
+    note = ""
+    if host in ("0.0.0.0", "::"):
+        shown, note = "127.0.0.1", f" (listening on every address, {host})"
+    elif ":" in host:
+        shown = f"[{host}]"
+    base = f"http://{shown}:{port}"
+    lines = [
+        f"modelpull {__version__} is serving on {base}{note}",
+        f"  web page:  {base}/",
+        f"  API docs:  {base}/docs",
+        f"  models in: {Path(settings.home).expanduser().absolute()}",
+    ]
+    if settings.api_key:
+        lines.append("  API key:   required (the page asks for it once)")
+    lines.append("Press Ctrl-C to stop.")
+    return "\n".join(lines)
 
 
 def main() -> None:
