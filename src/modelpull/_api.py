@@ -82,9 +82,10 @@ async def download_model(
     ollama_unreachable [ConnectionFailed]; server_error, hub_error [ServerError or
     ModelPullError]; digest_mismatch [DigestMismatch]; size_mismatch [SizeMismatch];
     insufficient_space [NotEnoughSpace]; disk_full [DiskFull]; disk_error [DiskError];
-    url_not_allowed, too_many_redirects, bad_redirect, bad_response, bad_manifest,
-    unstable_source, registry_error, ollama_error, incomplete_stream, incomplete,
-    transfer_failed, not_mlx_model, internal_error [ModelPullError and subclasses].
+    url_not_allowed, unsafe_path (a name from the source would land outside its folder),
+    too_many_redirects, bad_redirect, bad_response, bad_manifest, unstable_source,
+    registry_error, ollama_error, incomplete_stream, incomplete, transfer_failed,
+    not_mlx_model, internal_error [ModelPullError and subclasses].
 
     Example:
 
