@@ -91,9 +91,10 @@ async def test_server_pull_of_a_multi_layer_model(fake_ollama_server):
         assert any(i.message == f"pulling {blob.hex[:12]}" for i in items)
 
 
-async def test_server_percent_is_one_overall_number_that_never_goes_back(fake_ollama_server):
+async def test_server_percent_is_one_overall_number_that_never_goes_back(fake_ollama_server, fake_ollama_registry):
     model = fake_ollama_server.add_model("tinyllama", model_size=40_000)
-    items = await collect("tinyllama", base_url=fake_ollama_server.base_url)
+    fake_ollama_registry.add(model)  # the manifest's sizes: the whole model's size from the start
+    items = await collect("tinyllama", base_url=fake_ollama_server.base_url, registry=fake_ollama_registry.base_url)
     seen = percents(items)
     assert seen == sorted(seen)
     assert 0.0 < seen[len(seen) // 4] < 100.0  # it moves during the pull, not only at the end

@@ -150,6 +150,7 @@ class FakeHub(BackgroundServer):
         self.requests: list[LoggedRequest] = []
         self.cdn_authorization_headers: list[str] = []
         self.cdn_rate: float | None = None  # bytes per second, per connection
+        self.auth_check_route = True  # False: /auth-check answers a bare 404, as some mirrors do
         self._external_cdn = cdn_base_url.rstrip("/") if cdn_base_url else None
         self._blobs: dict[str, HubFile] = {}  # sha256 -> LFS file, what the CDN serves
         self._corrupt: dict[str, set[int]] = {}
@@ -390,6 +391,8 @@ class FakeHub(BackgroundServer):
             return denied
         assert repo is not None
         if rest[:1] == ["auth-check"]:
+            if not self.auth_check_route:  # a mirror that never implemented it
+                return web.Response(status=404, text="404 page not found")
             return self._gate(repo, token) or web.json_response({})
         revision = "main"
         if rest[:1] in (["revision"], ["tree"]) and len(rest) >= 2:

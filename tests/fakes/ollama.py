@@ -45,6 +45,7 @@ MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
 TEMPLATE_MEDIA_TYPE = "application/vnd.ollama.image.template"
 LICENSE_MEDIA_TYPE = "application/vnd.ollama.image.license"
 PARAMS_MEDIA_TYPE = "application/vnd.ollama.image.params"
+PROJECTOR_MEDIA_TYPE = "application/vnd.ollama.image.projector"
 
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
@@ -205,8 +206,11 @@ def make_model(
     seed: int = 0,
     model_file: Path | None = None,
     manifest_indent: int | None = None,
+    projector_size: int | None = None,
 ) -> FakeModel:
     """A multi-layer model: GGUF model layer, template, license, params, and a config blob.
+
+    `projector_size` adds a second large layer after the model layer (a vision model's projector).
 
     `model_file` uses an existing file as the model layer (benchmarks). `manifest_indent`
     pretty-prints the manifest, so a test can tell raw bytes from a re-serialisation.
@@ -216,8 +220,12 @@ def make_model(
         model_layer = Blob.from_file(MODEL_MEDIA_TYPE, model_file)
     else:
         model_layer = Blob.from_bytes(MODEL_MEDIA_TYPE, make_gguf(model_size, seed=seed, name=parsed.model))
+    projector = () if projector_size is None else (
+        Blob.from_bytes(PROJECTOR_MEDIA_TYPE, (hashlib.sha256(f"projector {seed}".encode()).digest()
+                                               * (projector_size // 32 + 1))[:projector_size]),)
     layers = (
         model_layer,
+        *projector,
         Blob.from_bytes(TEMPLATE_MEDIA_TYPE, f"{{{{ .System }}}} <|user|>{{{{ .Prompt }}}} #{seed}".encode()),
         Blob.from_bytes(LICENSE_MEDIA_TYPE, f"Fake license for {parsed.model}, seed {seed}.\n".encode()),
         Blob.from_bytes(PARAMS_MEDIA_TYPE, json.dumps({"stop": ["<|user|>"], "seed": seed}).encode()),

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import quote, urlsplit
 
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, hf_hub_url
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -267,8 +267,25 @@ class HubClient:
                 "check that HF_ENDPOINT points at a Hugging Face Hub", code="hub_error")
         if info.gated:
             # A gated repo's listing is public; its files are not. Ask now rather than fail mid-download.
-            await self.call(self.api.auth_check, target.repo_id, repo_type=target.repo_type)
+            first = info.siblings[0].rfilename if info.siblings else None
+            await self.call(self._auth_check, info.sha, first)
         return RepoListing(commit=info.sha, files=[self._repo_file(s) for s in info.siblings or []])
+
+    def _auth_check(self, commit: str, first_file: str | None) -> None:
+        """GET .../auth-check. A 404 means a Hub (a mirror) without that route, since the repo's
+        info was just read: then a file's own answer says it (HEAD of its resolve URL: 401/403
+        with X-Error-Code GatedRepo), still before any byte moves."""
+        target = self.target
+        try:
+            self.api.auth_check(target.repo_id, repo_type=target.repo_type)
+            return
+        except HfHubHTTPError as exc:
+            if _status(exc) != 404 or isinstance(exc, GatedRepoError):
+                raise
+        if first_file is not None:
+            url = hf_hub_url(target.repo_id, first_file, repo_type=target.repo_type, revision=commit,
+                             endpoint=target.endpoint)
+            self.api.get_hf_file_metadata(url=url, timeout=self.timeout)
 
     def _repo_file(self, sibling: Any) -> RepoFile:
         """One listed file, its name and ids checked before any of them can become a path."""

@@ -61,6 +61,7 @@ _ABSOLUTE_PATH = re.compile(r"^(/|\\|[A-Za-z]:[\\/])")
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 SPEED_WINDOW_SECONDS = 5.0
 MAX_RUNNING_PERCENT = 99.9  # through a server, 100.0 is for the COMPLETE item only
+MANIFEST_WAIT_SECONDS = 2.0  # how long the first progress item waits for the registry's sizes
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,8 @@ class OllamaProvider(Provider):
         server, chosen = server_url(request.base_url)
         try:
             # aclosing: when our consumer stops, the pull's response is closed now, not at GC.
-            async with contextlib.aclosing(_ServerPull(name, request.model, server, context).run()) as items:
+            pull = _ServerPull(name, request.model, server, context, request.options.get("registry"))
+            async with contextlib.aclosing(pull.run()) as items:
                 async for item in items:
                     yield item
             return
@@ -417,17 +419,52 @@ class _Unreachable(Exception):
 class _ServerPull:
     """One POST /api/pull, its NDJSON lines turned into progress items."""
 
-    def __init__(self, name: OllamaName, model: str, server: str, context: "RunContext") -> None:
+    def __init__(
+        self, name: OllamaName, model: str, server: str, context: "RunContext", registry: str | None = None
+    ) -> None:
         self.name = name
         self.model = model
         self.server = server
         self.context = context
+        self.registry = registry
         self.totals: dict[str, int] = {}  # digest -> size, in the order the server names them
         self.completed: dict[str, int] = {}
+        # Every layer's size from the registry's manifest, when we can read it: the server names
+        # layers one at a time, as it starts each, so its lines alone never give the whole size.
+        self.expected: dict[str, int] | None = None
         self.percent: float | None = None
+        self.percent_basis: tuple | None = None  # what `percent` was computed over
         self.samples: deque[tuple[float, int]] = deque()
 
     async def run(self) -> AsyncIterator[DownloadProgress]:
+        sizes = asyncio.create_task(self._read_manifest_sizes())
+        try:
+            async with contextlib.aclosing(self._pull()) as items:
+                async for item in items:
+                    if not sizes.done() and item.total_bytes is not None:
+                        # The first bytes: give the manifest a moment, so the percent starts
+                        # over the whole size instead of going back when the sizes arrive.
+                        await asyncio.wait([sizes], timeout=MANIFEST_WAIT_SECONDS)
+                        if self.expected is not None:
+                            item = self._progress(item.status, item.message)
+                    yield item
+        finally:
+            sizes.cancel()
+            with contextlib.suppress(BaseException):
+                await sizes
+
+    async def _read_manifest_sizes(self) -> None:
+        """Ask the registry for the manifest (as the server does), for the layers' sizes. Best
+        effort, alongside the pull: without it the percent is over the layers named so far."""
+        try:
+            raw = await _Registry(self.name, self.registry, None, self.context).manifest()
+            self.expected = {digest: size for _, digest, size in _manifest_blobs(raw, self.name)}
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - unreachable, refused, not found: the server's lines remain
+            self.expected = None
+
+    async def _pull(self) -> AsyncIterator[DownloadProgress]:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.context.transfer.connect_timeout)
         try:
             response, _ = await open_following_redirects(
@@ -488,7 +525,7 @@ class _ServerPull:
             self.completed[digest] = max(self.completed.get(digest, 0), int(event.get("completed") or 0))
             return self._progress(DownloadStatus.DOWNLOADING, status)
         if status == "success":
-            for layer, size in self.totals.items():
+            for layer, size in self._sizes().items():
                 self.completed[layer] = size
             item = self._progress(
                 DownloadStatus.COMPLETE, f"Successfully pulled {self.name.display} (Ollama server at {self.server})"
@@ -498,21 +535,35 @@ class _ServerPull:
             return item  # its local_path comes from _locate()
         if status.startswith(("verifying", "writing", "removing")):
             # Every layer is down once Ollama verifies, even when its last tick said less.
-            for layer, size in self.totals.items():
+            for layer, size in self._sizes().items():
                 self.completed[layer] = size
             return self._progress(DownloadStatus.VERIFYING, status)
         if status:
             return self._progress(DownloadStatus.DOWNLOADING, status)
         return None
 
+    def _sizes(self) -> dict[str, int]:
+        """Every layer's size: the manifest's, plus any layer the server names that it lacks."""
+        if self.expected is None:
+            return self.totals
+        return {**self.expected, **self.totals}
+
     def _progress(self, status: DownloadStatus, message: str) -> DownloadProgress:
-        total = sum(self.totals.values()) if self.totals else None
+        sizes = self._sizes()
+        total = sum(sizes.values()) if sizes else None
         downloaded = sum(self.completed.values()) if self.totals else None
         if total and downloaded is not None:
-            # The total grows as the server names each layer, so the percent is kept from going
-            # back; and it stays below 100 until "success", as more layers may follow.
+            # Below 100 until "success". Over the same layers the percent never goes back (a late
+            # line); when the basis changes (the manifest arrived, or without it the server named
+            # one more layer) it is the bytes' share of the new total, even if lower: holding the
+            # old value would freeze it for a whole layer.
             computed = round(min(MAX_RUNNING_PERCENT, downloaded * 100.0 / total), 2)
-            self.percent = computed if self.percent is None else max(self.percent, computed)
+            basis = (self.expected is not None, tuple(sizes))
+            if self.percent is None or basis != self.percent_basis:
+                self.percent = computed
+            else:
+                self.percent = max(self.percent, computed)
+            self.percent_basis = basis
         speed = self._speed(downloaded or 0)
         eta = (total - downloaded) / speed if speed and total is not None and downloaded is not None else None
         return DownloadProgress(
@@ -523,8 +574,8 @@ class _ServerPull:
             total_bytes=total,
             speed_bps=speed,
             eta_seconds=eta,
-            files_completed=sum(1 for d, size in self.totals.items() if self.completed.get(d, 0) >= size),
-            files_total=len(self.totals) or None,
+            files_completed=sum(1 for d, size in sizes.items() if self.completed.get(d, 0) >= size),
+            files_total=len(sizes) or None,
         )
 
     def _speed(self, downloaded: int) -> float | None:
