@@ -54,7 +54,7 @@ examples:
   modelpull pull 'hf:org/name:*.safetensors'          (quote globs from the shell)
   modelpull pull mlx:Llama-3.2-1B-Instruct-4bit
   modelpull pull ollama:llama3.2:1b --direct
-  modelpull pull --json https://example.com/model.gguf | jq -r .percent
+  modelpull pull --json https://example.com/model.gguf | jq -r '.percent // empty'
 
 Tokens: --token, or HF_TOKEN for Hugging Face. Ctrl-C keeps the partial data;
 run the same command again to resume. Settings: MODELPULL_HOME (default ./models),
