@@ -15,7 +15,7 @@ def test_the_api_key_guards_every_route_but_health(start_server):
     server = start_server(api_key="k3y-for-tests")
     anonymous = httpx.Client(base_url=server.url, timeout=10)
     for method, path in (("GET", "/downloads"), ("GET", "/v1/engines"), ("POST", "/downloads"),
-                         ("GET", "/events"), ("GET", "/metrics"), ("GET", "/docs"), ("GET", "/openapi.json"),
+                         ("GET", "/events"), ("GET", "/metrics"), ("GET", "/status"),
                          ("GET", "/download-progress/x"), ("POST", "/api/models/pull")):
         response = anonymous.request(method, path)
         assert_error(response, 401, None, "invalid_api_key")

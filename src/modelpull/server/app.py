@@ -33,6 +33,8 @@ from .engines import EngineRegistry, parse_dashboard_model, parse_engine_request
 from .errors import ApiError, bad_request, not_found
 from .logs import SECRETS, silence_uvicorn_access_log
 from .manager import DownloadManager
+from .openapi import install_docs
+from .openapi import is_public_path as is_docs_path
 from .security import api_key_matches, redact_query, valid_id
 from .store import StoreError, open_store
 
@@ -115,8 +117,9 @@ class Gatekeeper:
 
 
 def _public(path: str) -> bool:
-    """Paths served without the API key: /health, and the web page's shell (it asks for the key)."""
-    if path in UNPROTECTED_PATHS:
+    """Paths served without the API key: /health, the API docs (the key is entered on the page),
+    and the web page's shell (it asks for the key)."""
+    if path in UNPROTECTED_PATHS or is_docs_path(path):
         return True
     try:
         from .web import is_public_path
@@ -193,32 +196,54 @@ def _manager(request: Request) -> DownloadManager:
 _DOWNLOAD_BODY = {
     "type": "object",
     "required": ["model"],
+    "additionalProperties": False,
     "properties": {
         "provider": {"type": "string", "enum": ["url", "huggingface", "hf", "mlx", "ollama"]},
         "model": {"type": "string"},
         "options": {"type": "object"},
-        "token": {"type": "string", "description": "used for the download, never stored or echoed"},
-        "id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
-        "base_url": {"type": "string"},
+        "token": {"type": ["string", "null"], "description": "used for the download, never stored or echoed"},
+        "id": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+        "base_url": {"type": ["string", "null"]},
     },
 }
 _ENGINE_BODY = {
     "type": "object",
     "required": ["engine_id", "model_path"],
+    "additionalProperties": False,
     "properties": {
         "engine_id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
         "model_path": {"type": "string", "description": "URL, hf:/mlx:/ollama: reference, or local file"},
         "load_immediately": {"type": "boolean", "default": True},
         "main_gpu_id": {"type": "integer", "minimum": -1, "maximum": 15, "default": 0},
         "loading_parameters": {"type": "object"},
-        "token": {"type": "string"},
-        "sha256": {"type": "string"},
+        "token": {"type": ["string", "null"]},
+        "sha256": {"type": ["string", "null"], "pattern": "^[0-9a-fA-F]{64}$"},
     },
 }
+_MODELS_BODY = {
+    "type": "object",
+    "required": ["model_id", "model_path"],
+    "additionalProperties": False,
+    "properties": {
+        "model_id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+        "model_path": {"type": "string", "description": "URL, hf:/mlx:/ollama: reference, or local file"},
+        "model_type": {"type": "string"}, "model_inference": {"type": "string"},
+        "model_load": {"type": "boolean"}, "model_memory": {"type": "boolean"}, "model_perform": {"type": "boolean"},
+        "model_gpu": {"type": "integer", "minimum": -1, "maximum": 15},
+        "model_context": {"type": "integer", "minimum": 0, "maximum": 1000000},
+        "model_batch": {"type": "integer", "minimum": 0, "maximum": 8192},
+        "model_layer": {"type": "integer", "minimum": 0, "maximum": 1000},
+        "model_parallel": {"type": "integer", "minimum": 0, "maximum": 16},
+    },
+}
+_RESUME_BODY = {"type": "object", "additionalProperties": False, "properties": {"token": {"type": ["string", "null"]}}}
 _PULL_BODY = {
     "type": "object",
     "required": ["provider", "model"],
-    "properties": {"provider": {"type": "string"}, "model": {"type": "string"}, "auth_token": {"type": "string"}},
+    "additionalProperties": False,
+    "properties": {"provider": {"type": "string"}, "model": {"type": "string"},
+                   "auth_token": {"type": ["string", "null"]}, "token": {"type": ["string", "null"]},
+                   "base_url": {"type": ["string", "null"]}},
 }
 
 
@@ -236,7 +261,7 @@ def build_router() -> APIRouter:
         """Register an engine: at once for a file on disk (201), after its download otherwise (202)."""
         return await _add_engine(request, parse_engine_request(await read_json(request)))
 
-    @router.post("/models", tags=["engines"])
+    @router.post("/models", openapi_extra=_body_doc(_MODELS_BODY), tags=["engines"])
     async def add_model(request: Request) -> Response:
         """The Kolosal dashboard's "Add Model": `POST /engines` under its later name and fields."""
         return await _add_engine(request, parse_dashboard_model(await read_json(request)))
@@ -319,7 +344,8 @@ def build_router() -> APIRouter:
         message = "Download paused; partial data kept" if changed else "Download was already paused"
         return _json({"success": True, "message": message, "model_id": model_id})
 
-    @router.post("/downloads/{model_id}/resume", tags=["kolosal downloads"])
+    @router.post("/downloads/{model_id}/resume", tags=["kolosal downloads"],
+                 openapi_extra={"requestBody": {"required": False, "content": {"application/json": {"schema": _RESUME_BODY}}}})
     async def resume(model_id: str, request: Request) -> Response:
         token = None
         if (await request.body()).strip():
@@ -506,7 +532,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Model downloads as jobs: Kolosal-compatible REST, SSE progress, AbstractCore's stream. "
                     "See docs/server-api.md.",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # openapi.install_docs serves it from local files
         redoc_url=None,
     )
     router = build_router()
@@ -571,6 +597,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         error = ApiError(500, "Internal server error; the server log has the details", code="internal_error")
         return JSONResponse(error.body(), status_code=500)
 
+    install_docs(app, settings)
+
     try:
         from .web import mount_web
     except ImportError:
@@ -597,6 +625,10 @@ def _allowed_methods(app: FastAPI, path: str) -> list[str]:
         scope = {"type": "http", "path": path, "method": method, "root_path": "", "headers": []}
         if any(route.matches(scope)[0] is Match.FULL for route in app.router.routes):
             methods.add(method)
+    if path.removeprefix("/v1") == "/downloads/cancel":
+        # The literal route, as the API documents it (GET or DELETE there would reach the job
+        # route with the id "cancel").
+        methods &= {"OPTIONS", "POST"}
     return sorted(methods)
 
 

@@ -47,7 +47,7 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     add("--max-retries", type=int, default=defaults.max_retries,
         help=f"failures in a row, without progress, before a download fails (MODELPULL_MAX_RETRIES, default {defaults.max_retries})")
     add("--api-key", default=defaults.api_key,
-        help="require 'Authorization: Bearer <key>' on every route but /health (MODELPULL_API_KEY)")
+        help="require 'Authorization: Bearer <key>' on every route but /health and the API docs (MODELPULL_API_KEY)")
     add("--retention-seconds", type=float, default=defaults.retention_seconds,
         help=f"how long finished jobs stay listed (MODELPULL_RETENTION_SECONDS, default {defaults.retention_seconds:g})")
     add("--max-event-streams", type=int, default=defaults.max_event_streams,
