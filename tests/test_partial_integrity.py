@@ -241,3 +241,19 @@ async def test_of_two_downloads_that_do_not_fit_together_the_second_fails_at_onc
     assert not (small_disk / "second.bin.part").exists()
     assert first_items[-1].status is DownloadStatus.COMPLETE, first_items[-1].message
     assert (small_disk / "first.bin").read_bytes() == first_data
+
+
+# ---- durability errors ---------------------------------------------------------------------
+
+def test_a_failed_sync_is_an_error_a_person_can_act_on(tmp_path):
+    from modelpull._errors import TransferError
+    from modelpull.transfer import fsync_directory, write_durably
+
+    with pytest.raises(TransferError) as raised:
+        fsync_directory(tmp_path / "gone")
+    assert raised.value.code == "disk_error"
+    assert str(raised.value).startswith(f"cannot make {tmp_path / 'gone'} durable: no such file or directory")
+
+    with pytest.raises(TransferError) as raised:
+        write_durably(tmp_path / "gone" / "manifest", b"{}")
+    assert "run the same download again" in str(raised.value)

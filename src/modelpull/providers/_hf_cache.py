@@ -84,7 +84,7 @@ class HubCache:
 
     def lock(self, file: RepoFile) -> Path:
         """huggingface_hub's lock for this blob: holding it makes `hf download` wait, and us for it."""
-        return self.cache_dir / ".locks" / self.storage.name / f"{file.etag}.lock"
+        return confined(self.cache_dir, ".locks", self.folder, f"{file.etag}.lock")
 
     def snapshot(self, commit: str) -> Path:
         return self._path("snapshots", commit)
@@ -149,7 +149,7 @@ class LocalDir:
 
     def lock(self, file: RepoFile) -> Path:
         """huggingface_hub's lock for this file in a local_dir (beside its metadata)."""
-        return self.meta.joinpath("download", *f"{file.path}.lock".split("/"))
+        return confined(self.root, ".cache", "huggingface", "download", f"{file.path}.lock")
 
     def has_file(self, file: RepoFile) -> bool:
         """The file is there, its size right, and huggingface_hub's metadata names the same blob."""

@@ -7,6 +7,7 @@ thin-provisioned disk, a lost NFS server) is an error with a message, never swal
 """
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from pathlib import Path
@@ -32,7 +33,7 @@ def fsync_directory(directory: Path) -> None:
     try:
         os.fsync(fd)
     except OSError as exc:
-        if exc.errno not in (getattr(os, "EINVAL", 22),):  # some file systems cannot sync a folder
+        if exc.errno != errno.EINVAL:  # some file systems cannot sync a folder: nothing to make durable
             raise durability_error(directory, exc) from None
     finally:
         os.close(fd)

@@ -391,8 +391,10 @@ class _FileTransfer:
         posix_fallocate only fills holes: on a resume it reserves what is missing. A file
         system that cannot preallocate gets a sparse file, and the download says so.
         """
+        if not total:
+            return
         try:
-            os.posix_fallocate(self.fd, 0, total) if total else None
+            os.posix_fallocate(self.fd, 0, total)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 have = os.fstat(self.fd).st_blocks * 512
