@@ -91,6 +91,10 @@ def assert_repaired(items: list[DownloadProgress], data: bytes, directory: Path)
     assert any("restarting only those pieces" in item.message for item in items), [i.message for i in items]
 
 
+def report(case: str, file_server, missing: int) -> None:
+    print(f"{case}: served {file_server.bytes_sent} bytes; {missing} were missing; one piece is {PIECE}")
+
+
 def gets_starting_at(file_server, offset: int) -> int:
     return sum(1 for r in file_server.requests_for("/model.bin", "GET") if r.range_start == offset)
 
@@ -110,6 +114,7 @@ async def test_a_flipped_byte_in_a_finished_piece_is_found_and_only_that_piece_f
     items = await collect(url, tmp_path)
 
     assert_repaired(items, data, tmp_path)
+    report("flipped byte", file_server, missing)
     assert gets_starting_at(file_server, bad * PIECE) == 1
     assert file_server.bytes_sent == missing + PIECE  # the bad piece, nothing else already there
 
@@ -123,6 +128,7 @@ async def test_a_truncated_partial_is_found_and_only_the_cut_piece_fetched_again
     items = await collect(url, tmp_path)
 
     assert_repaired(items, data, tmp_path)
+    report("truncated .part", file_server, missing)
     assert gets_starting_at(file_server, cut * PIECE) == 1
     assert file_server.bytes_sent == missing + PIECE
 
@@ -142,6 +148,7 @@ async def test_counters_that_claim_bytes_never_written_are_not_trusted(file_serv
     items = await collect(url, tmp_path)
 
     assert_repaired(items, data, tmp_path)
+    report("counters claiming done", file_server, missing)
     assert gets_starting_at(file_server, claimed * PIECE) == 1
     assert file_server.bytes_sent == missing + PIECE  # the piece it claimed, fetched once
 

@@ -89,6 +89,7 @@ def test_two_cli_processes_on_one_url_fetch_it_once(file_server, tmp_path):
     assert first_out.strip() == second_out.strip() == str(home / "model.bin")
     assert sha256((home / "model.bin").read_bytes()) == sha256(data)
     served = sum(r.bytes_sent for r in file_server.requests_for("/model.bin", "GET"))
+    print(f"two CLI processes: served {served} bytes for a {len(data)}-byte file")
     assert served == len(data), f"served {served} bytes for a {len(data)}-byte file"
 
 
@@ -137,6 +138,7 @@ def test_a_killed_lock_holder_is_taken_over_and_its_partial_resumed(file_server,
     assert waiter.returncode == 0, err
     assert sha256((home / "big.bin").read_bytes()) == sha256(data)
     assert before_takeover < size
+    print(f"takeover: served {file_server.bytes_sent} for {size} bytes, {before_takeover} before the kill")
     # What the holder had made durable is kept: only its unclaimed chunks are fetched again
     # (one unwritten chunk per connection, and what arrived since its last fdatasync + claim).
     assert file_server.bytes_sent <= size + connections * piece + 4 * MiB, (
