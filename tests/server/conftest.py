@@ -227,3 +227,32 @@ def spawn_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     for proc in processes:
         if proc.process.poll() is None:
             proc.stop()
+
+
+# ---- a real PostgreSQL (replica tests) ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """One PostgreSQL server for the session (Debian's package; `.ci/run` installs it)."""
+    from pg_server import PostgresServer, PostgresUnavailable
+
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed (pip install 'modelpull[postgres]')")
+    try:
+        server = PostgresServer.start()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(postgres, request) -> str:
+    """A fresh database on the session's PostgreSQL, for one test."""
+    import re
+
+    name = "t_" + re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:40] + "_" + os.urandom(3).hex()
+    return postgres.create_database(name)

@@ -184,6 +184,10 @@ class DownloadManager:
     def running_transfers(self) -> int:
         return len(self._running)
 
+    def running_job_ids(self) -> list[str]:
+        """The jobs whose bytes move on this replica."""
+        return [i for t in self._transfers.values() for i in t.job_ids]
+
     # ------------------------------------------------------------------ submitting
 
     async def submit(
@@ -866,7 +870,7 @@ class DownloadManager:
             await self.heartbeat()
 
     async def heartbeat(self) -> None:
-        running = {i for t in self._transfers.values() for i in t.job_ids}
+        running = set(self.running_job_ids())
         try:
             owned, controls = await self.store.heartbeat()
         except StoreError as exc:
