@@ -79,7 +79,7 @@ def test_sse_on_one_replica_follows_a_job_running_on_the_other(replicas, file_se
 def test_cancel_and_pause_sent_to_the_other_replica_reach_the_one_running_the_job(replicas, file_server):
     a = replicas()
     url = file_server.add_file("/c.bin", random_bytes(800_000, seed=81), throttle_bps=SLOW // 2)
-    paused_url = file_server.add_file("/p.bin", random_bytes(800_000, seed=82), throttle_bps=SLOW // 2)
+    paused_url = file_server.add_file("/p.bin", random_bytes(400_000, seed=82), throttle_bps=SLOW)
     job_id = a.submit(url)["id"]
     paused_id = a.submit(paused_url)["id"]
     a.wait_bytes(job_id)
@@ -96,7 +96,7 @@ def test_cancel_and_pause_sent_to_the_other_replica_reach_the_one_running_the_jo
     # Resumed on B: any replica may take it; it continues from the partial data.
     assert b.client.post(f"/downloads/{paused_id}/resume").status_code == 200
     assert b.wait_status(paused_id, "completed", "failed")["status"] == "completed"
-    assert file_sha256(a.settings.home / "p.bin") == sha256(random_bytes(800_000, seed=82))
+    assert file_sha256(a.settings.home / "p.bin") == sha256(random_bytes(400_000, seed=82))
     assert (file_server.requests_for("/p.bin", "GET")[-1].range_start or 0) > 0
 
 
@@ -129,15 +129,15 @@ def test_engines_created_on_one_replica_are_seen_by_the_other(replicas, tmp_path
 
 def test_a_sigkilled_replicas_job_is_taken_over_and_finished_with_the_right_digest(
         spawn_server, file_server, pg_url, tmp_path):
-    data = random_bytes(1_500_000, seed=84)
-    url = file_server.add_file("/takeover.gguf", data, throttle_bps=250_000)
+    data = random_bytes(1_000_000, seed=84)
+    url = file_server.add_file("/takeover.gguf", data, throttle_bps=120_000)
     models = tmp_path / "shared-models"
     args = ["--models-dir", str(models), "--database", pg_url, "--lease-seconds", "2", "--allow-private-urls"]
     doomed = spawn_server(*args)
     job_id = doomed.client.post("/downloads", json={"model": url, "options": {"sha256": sha256(data)}}).json()["id"]
     wait_for(lambda: (doomed.client.get(f"/downloads/{job_id}").json()["downloaded_bytes"] or 0) > 0, "moving")
     survivor = spawn_server(*args)  # after the claim: the job is the doomed replica's
-    wait_for(lambda: (survivor.client.get(f"/downloads/{job_id}").json()["downloaded_bytes"] or 0) > 300_000,
+    wait_for(lambda: (survivor.client.get(f"/downloads/{job_id}").json()["downloaded_bytes"] or 0) > 200_000,
              "progress seen on the survivor")
     doomed.kill()
     job = wait_for(lambda: (j := survivor.client.get(f"/downloads/{job_id}").json())["status"]
@@ -168,20 +168,28 @@ def test_an_unreachable_database_fails_the_start_with_one_line_and_no_password(t
     assert "s3cret-pw" not in result.stderr + result.stdout and "Traceback" not in result.stderr
 
 
-def test_a_wrong_password_is_one_clear_line_and_is_not_retried(postgres, pg_url, tmp_path):
+def serve_here(capsys, *args: str) -> tuple[int, str]:
+    """`modelpull serve` in this process (cheaper than a child): its exit code and stderr."""
+    from modelpull.server.cli import serve_main
+
+    code = serve_main(["--port", "0", *args])
+    return code, capsys.readouterr().err
+
+
+def test_a_wrong_password_is_one_clear_line_and_is_not_retried(postgres, pg_url, tmp_path, capsys):
     log = postgres.root / "log"
     before = log.read_text().count("password authentication failed")
     wrong = pg_url.replace(postgres.password, "not-the-password")
-    result = serve("--models-dir", str(tmp_path), "--database", wrong)
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "cannot log in to the database" in lines[0], result.stderr
+    code, stderr = serve_here(capsys, "--models-dir", str(tmp_path), "--database", wrong)
+    assert code == 1
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot log in to the database" in lines[0], stderr
     assert 'password authentication failed for user "modelpull"' in lines[0]
-    assert "not-the-password" not in result.stderr
+    assert "not-the-password" not in stderr
     assert log.read_text().count("password authentication failed") == before + 1
 
 
-def test_a_newer_schema_is_refused_at_start(pg_url, tmp_path):
+def test_a_newer_schema_is_refused_at_start(pg_url, tmp_path, capsys):
     import psycopg
 
     from modelpull.server.store import SCHEMA_VERSION
@@ -189,9 +197,9 @@ def test_a_newer_schema_is_refused_at_start(pg_url, tmp_path):
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE modelpull_schema_version (version integer NOT NULL)")
         conn.execute("INSERT INTO modelpull_schema_version VALUES (%s)", (SCHEMA_VERSION + 1,))
-    result = serve("--models-dir", str(tmp_path), "--database", pg_url)
-    assert result.returncode == 1
-    assert result.stderr.strip() == (
+    code, stderr = serve_here(capsys, "--models-dir", str(tmp_path), "--database", pg_url)
+    assert code == 1
+    assert stderr.strip() == (
         f"modelpull serve: the database schema is version {SCHEMA_VERSION + 1}, newer than this modelpull knows "
         f"({SCHEMA_VERSION}): upgrade modelpull on this machine, or point --database at another database")
 
