@@ -35,6 +35,8 @@ NOT_RUN = [
     (r"^(\S+=\S+ )*(\.venv/bin/)?modelpull serve\b", "runs until stopped; the test starts its own server"),
     (r"--direct\b", "straight from registry.ollama.ai: needs the internet"),
     (r"^open ", "opens a browser"),
+    (r"^sudo -u postgres ", "makes a role and a database on the PostgreSQL host (tests/server/test_replicas.py "
+                            "starts its own PostgreSQL)"),
 ]
 SLOW = 250_000  # bytes per second: server downloads stay running while the walk-through pauses them
 TOKEN = "hf_docs_example_token"
