@@ -215,13 +215,13 @@ def _build_request(
             f"'{name}' (known: {', '.join(known)})"
         )
     if not isinstance(model, str) or not model.strip():
-        raise InvalidRequest("no model given: pass a model name, repo id or URL")
+        raise InvalidRequest("no model given: pass a model name, repo id or URL", param="model")
     try:
         transfer = TransferOptions.from_settings(settings, **transfer_overrides)
     except TypeError as exc:
         raise InvalidRequest(f"invalid transfer option: {exc}") from None
     _validate_transfer(transfer)
-    return DownloadRequest(
+    request = DownloadRequest(
         provider=name,
         model=model.strip(),
         token=token,
@@ -230,6 +230,18 @@ def _build_request(
         options=options,
         transfer=transfer,
     )
+    source.check_request(request)
+    return request
+
+
+def check_download(provider: str, model: str, token: str | None = None, base_url: str | None = None,
+                   **options: Any) -> None:
+    """Raise InvalidRequest when `download_model()` with these arguments would refuse them at once.
+
+    The server asks it at submit: a malformed reference or option is an answer, not a failed job.
+    """
+    name = canonical_name(provider)
+    _build_request(get_provider(name), name, model, token, base_url, dict(options))
 
 
 def _validate_transfer(transfer: TransferOptions) -> None:
@@ -237,17 +249,19 @@ def _validate_transfer(transfer: TransferOptions) -> None:
     for field in positive_ints:
         value = getattr(transfer, field)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidRequest(f"option {field} must be a whole number ≥ 1, got {value!r}")
+            raise InvalidRequest(f"option {field} must be a whole number ≥ 1, got {value!r}", param=f"options.{field}")
     for field in ("stall_timeout", "connect_timeout", "retry_backoff", "retry_max_delay"):
         value = getattr(transfer, field)
         if not isinstance(value, (int, float)) or value < 0:
-            raise InvalidRequest(f"option {field} must be a number of seconds ≥ 0, got {value!r}")
+            raise InvalidRequest(f"option {field} must be a number of seconds ≥ 0, got {value!r}",
+                                 param=f"options.{field}")
     if not isinstance(transfer.max_retries, int) or transfer.max_retries < 0:
-        raise InvalidRequest(f"option max_retries must be a whole number ≥ 0, got {transfer.max_retries!r}")
+        raise InvalidRequest(f"option max_retries must be a whole number ≥ 0, got {transfer.max_retries!r}",
+                             param="options.max_retries")
     if transfer.sha256 is not None:
         digest = str(transfer.sha256).strip().lower().removeprefix("sha256:")
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise InvalidRequest(f"sha256 must be 64 hex digits, got {transfer.sha256!r}")
+            raise InvalidRequest(f"sha256 must be 64 hex digits, got {transfer.sha256!r}", param="options.sha256")
         transfer.sha256 = digest
 
 

@@ -40,7 +40,13 @@ class ModelPullError(Exception):
 
 
 class InvalidRequest(ModelPullError):
+    """Bad input from the caller; `param` names it when one option or field is to blame."""
+
     code = "invalid_request"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.param = param
 
 
 class SourceError(ModelPullError):

@@ -48,6 +48,10 @@ class Settings:
     allow_private_urls: bool = False  # MODELPULL_ALLOW_PRIVATE_URLS: loopback/private ranges allowed
     max_event_streams: int = 1000  # MODELPULL_MAX_EVENT_STREAMS: open SSE streams; 503 past it
     cors_origins: tuple[str, ...] = ()  # MODELPULL_CORS_ORIGINS (comma-separated): browser origins allowed
+    max_queued_jobs: int = 1000  # MODELPULL_MAX_QUEUED_JOBS: past it, a new download is a 429
+    # MODELPULL_LOCAL_MODEL_ROOTS (os.pathsep-separated): folders besides `home` whose files
+    # POST /engines may register by local path.
+    local_model_roots: tuple[Path, ...] = ()
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -69,12 +73,19 @@ class Settings:
             allow_private_urls=_env_bool("ALLOW_PRIVATE_URLS", False),
             max_event_streams=int(_env("MAX_EVENT_STREAMS", "1000")),
             cors_origins=tuple(o.strip() for o in _env("CORS_ORIGINS", "").split(",") if o.strip()),
+            max_queued_jobs=int(_env("MAX_QUEUED_JOBS", "1000")),
+            local_model_roots=tuple(Path(p) for p in _env("LOCAL_MODEL_ROOTS", "").split(os.pathsep) if p),
         )
+
+    @property
+    def state_dir(self) -> Path:
+        """The server's own folder inside `home` (database, WAL, locks): never a download's."""
+        return Path(self.home) / ".modelpull"
 
     @property
     def database_url(self) -> str:
         """The --database value: a postgresql:// URL or an SQLite file path (the default)."""
-        return str(self.database or (Path(self.home) / ".modelpull" / "state.db"))
+        return str(self.database or (self.state_dir / "state.db"))
 
     @property
     def shared_database(self) -> bool:

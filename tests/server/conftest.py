@@ -130,6 +130,7 @@ def server_settings(tmp_path: Path) -> Settings:
         home=tmp_path / "models",
         database=tmp_path / "state.db",
         allow_private_urls=True,
+        local_model_roots=(tmp_path,),  # POST /engines may register the test's own model files
         max_active_jobs=3,
         retention_seconds=3600,
         max_retries=2,

@@ -299,8 +299,9 @@ def test_cors_only_for_the_origins_the_operator_lists(start_server):
     assert "access-control-allow-origin" not in other.headers
 
 
-def test_missing_local_file_is_400(shared_server, tmp_path):
-    error = assert_error(shared_server.client.post("/engines", json={"engine_id": "x", "model_path": str(tmp_path / "no.gguf")}),
+def test_missing_local_file_is_400(shared_server):
+    missing = shared_server.settings.home / "no.gguf"
+    error = assert_error(shared_server.client.post("/engines", json={"engine_id": "x", "model_path": str(missing)}),
                          400, "model_path", "model_path_not_found")
     assert "does not exist" in error["message"]
 

@@ -28,6 +28,13 @@ class Provider(abc.ABC):
         """Resolve `request` into the files to fetch. Raise ModelPullError subclasses."""
         raise NotImplementedError
 
+    def check_request(self, request: DownloadRequest) -> None:
+        """Refuse a malformed model name or option (InvalidRequest) before anything runs.
+
+        Offline and quick: the server calls it at submit, so that `ollama:../x` is a 422 and
+        not a job that fails later; `download_model()` calls it before its first item.
+        """
+
     def stream(self, request: DownloadRequest, context: "RunContext") -> AsyncIterator[DownloadProgress]:
         """Progress items after STARTING, ending with COMPLETE. Default: plan, then transfer."""
         return context.plan_and_execute(self, request)

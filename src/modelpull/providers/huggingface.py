@@ -35,7 +35,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import filter_repo_objects
+from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 
 from .._errors import (
     AccessDenied,
@@ -137,14 +137,41 @@ class HuggingFaceProvider(Provider):
         assert target.cache_dir is not None
         return str(HubCache(target.cache_dir, target.repo_id, target.repo_type).storage.absolute())
 
+    def check_request(self, request: DownloadRequest) -> None:
+        """The repo id as huggingface_hub accepts it; revision and filename as safe relative paths."""
+        options = request.options
+        repo_id = self.repo_id(request.model)
+        try:
+            validate_repo_id(repo_id)
+        except HFValidationError as exc:
+            raise InvalidRequest(f"'{repo_id}' is not a valid Hugging Face repo id: {exc}", param="model") from None
+        repo_type = options.get("repo_type") or "model"
+        if repo_type not in REPO_TYPES:
+            raise InvalidRequest(f"repo_type must be one of {', '.join(REPO_TYPES)}, got {repo_type!r}",
+                                 param="options.repo_type")
+        # A revision names refs/<revision> in the cache; a filename, a path in the snapshot.
+        for key, what in (("revision", "a branch, tag or commit"), ("filename", "a file path in the repo")):
+            value = options.get(key)
+            if value is None:
+                continue
+            try:
+                relative_parts(value)
+            except UnsafeName as exc:
+                raise InvalidRequest(f"invalid {key}: {exc.reason}; give {what}", param=f"options.{key}") from None
+        for key in ("allow_patterns", "ignore_patterns"):
+            value = options.get(key)
+            if value is not None and not (isinstance(value, str) or (
+                    isinstance(value, list) and all(isinstance(v, str) for v in value))):
+                raise InvalidRequest(f"{key} must be a glob or a list of globs", param=f"options.{key}")
+        for key in ("cache_dir", "local_dir"):
+            value = options.get(key)
+            if value is not None and (not isinstance(value, (str, os.PathLike)) or "\0" in str(value)):
+                raise InvalidRequest(f"{key} must be a folder path", param=f"options.{key}")
+
     def target(self, request: DownloadRequest) -> HubTarget:
         options = request.options
         repo_type = options.get("repo_type") or "model"
-        if repo_type not in REPO_TYPES:
-            raise InvalidRequest(f"repo_type must be one of {', '.join(REPO_TYPES)}, got {repo_type!r}")
         revision = options.get("revision") or "main"
-        if not isinstance(revision, str) or ".." in revision.split("/") or revision.startswith("/"):
-            raise InvalidRequest(f"invalid revision {revision!r}")
         configured = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
         endpoint = (request.base_url or configured).rstrip("/")
         # The environment's token belongs to the environment's Hub: a base_url chosen by someone

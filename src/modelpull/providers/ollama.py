@@ -110,8 +110,8 @@ class OllamaName:
 
 def _bad_name(text: str) -> InvalidRequest:
     return InvalidRequest(
-        f"'{text}' is not a valid Ollama model name: use [host/][namespace/]model[:tag], "
-        "e.g. llama3.2, llama3.2:1b or myuser/mymodel:latest"
+        f"{shown_name(text)} is not a valid Ollama model name: use [host/][namespace/]model[:tag], "
+        "e.g. llama3.2, llama3.2:1b or myuser/mymodel:latest", param="model"
     )
 
 
@@ -133,6 +133,19 @@ class OllamaProvider(Provider):
         if chosen or request.options.get("direct") is False:
             return f"the store of the Ollama server at {server}"
         return f"the store of the Ollama server at {server} (or {store}, if no server answered there)"
+
+    def check_request(self, request: DownloadRequest) -> None:
+        """The name as Ollama's rules allow it (no `..`, no separators in a part); options' types."""
+        OllamaName.parse(request.model)
+        options = request.options
+        if options.get("direct") not in (None, True, False):
+            raise InvalidRequest("direct must be true, false or null", param="options.direct")
+        registry = options.get("registry")
+        if registry is not None and (not isinstance(registry, str) or not registry):
+            raise InvalidRequest("registry must be a URL", param="options.registry")
+        store = options.get("models_path")
+        if store is not None and (not isinstance(store, (str, os.PathLike)) or not str(store) or "\0" in str(store)):
+            raise InvalidRequest("models_path must be a folder path", param="options.models_path")
 
     async def stream(self, request: DownloadRequest, context: "RunContext") -> AsyncIterator[DownloadProgress]:
         """Through the server; straight from the registry when asked, or when no server was named

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 from yarl import URL
 
 from .._errors import InvalidRequest, SourceError
-from .._paths import confined
+from .._paths import confined, shown_name
 from .._plan import DownloadRequest, Plan, PlannedFile
 from ..transfer import Wire, partial_paths, public_url, write_durably
 from ..transfer._http import permanent_status_error, wire_following_redirects
@@ -36,13 +36,27 @@ class UrlProvider(Provider):
     def data_location(self, request: DownloadRequest) -> str:
         return str(Path(request.options.get("dest") or request.models_dir).expanduser().absolute())
 
+    def check_request(self, request: DownloadRequest) -> None:
+        """An http(s) URL; a forced `filename` that is a plain file name, already as it would be saved."""
+        _checked_url(request.model)
+        forced = request.options.get("filename")
+        if forced is not None and (not isinstance(forced, str) or sanitize_filename(forced) != forced):
+            suggestion = sanitize_filename(forced) if isinstance(forced, str) else "model.gguf"
+            raise InvalidRequest(
+                f"filename {shown_name(forced)} is not a plain file name (no folders, '..', control characters or "
+                f"leading/trailing dots and spaces; at most {MAX_NAME_BYTES} bytes): use e.g. '{suggestion}'",
+                param="options.filename")
+        dest = request.options.get("dest")
+        if dest is not None and (not isinstance(dest, (str, os.PathLike)) or not str(dest) or "\0" in str(dest)):
+            raise InvalidRequest("dest must be a folder path", param="options.dest")
+
     async def plan(self, request: DownloadRequest, context) -> Plan:
         url = _checked_url(request.model)
         headers = {"Authorization": f"Bearer {request.token}"} if request.token else {}
         directory = Path(request.options.get("dest") or request.models_dir).expanduser()
         size, disposition_name = await asyncio.to_thread(_peek, context.wire, url, headers, context.transfer.connect_timeout)
-        forced = request.options.get("filename")
-        name = sanitize_filename(forced) if forced else (disposition_name or suggest_filename(url))
+        forced = request.options.get("filename")  # a plain name: check_request saw to it
+        name = forced or disposition_name or suggest_filename(url)
         sources = _SourceBook(directory)
         dest, present = sources.claim(name, url, size, request.transfer.sha256)
         file = PlannedFile(

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import json
 import logging
+import re
 import time
 from typing import Any, AsyncIterator
 from urllib.parse import parse_qs
@@ -109,11 +110,22 @@ class Gatekeeper:
             if too_big:
                 return _too_large()
         if self.api_key and not _public(scope["path"]):
-            query_key = (parse_qs(query).get("api_key") or [None])[0]
+            # ?api_key= only where an EventSource (which cannot send headers) needs it.
+            query_key = None
+            if scope["method"] == "GET" and _is_event_stream(scope["path"]):
+                query_key = (parse_qs(query).get("api_key") or [None])[0]
             if not api_key_matches(self.api_key, headers.get("authorization"), query_key):
                 return ApiError(401, "Missing or invalid API key: send 'Authorization: Bearer <key>'",
                                 code="invalid_api_key")
         return None
+
+
+_EVENT_STREAM = re.compile(r"^(/v1)?(/events|/downloads/[^/]+/events|/api/models/download)$")
+
+
+def _is_event_stream(path: str) -> bool:
+    """The GET routes answering Server-Sent Events (what a browser's EventSource opens)."""
+    return bool(_EVENT_STREAM.match(path))
 
 
 def _public(path: str) -> bool:

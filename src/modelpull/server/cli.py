@@ -56,6 +56,11 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     add("--cors-origin", dest="cors_origins", action="append", default=None, metavar="ORIGIN",
         help="a browser origin allowed to call the API (e.g. http://localhost:3000); repeatable; "
              "none by default (MODELPULL_CORS_ORIGINS, comma-separated)")
+    add("--max-queued-jobs", type=int, default=defaults.max_queued_jobs,
+        help=f"downloads waiting at once; past it a new one is refused with 429 (MODELPULL_MAX_QUEUED_JOBS, default {defaults.max_queued_jobs})")
+    add("--local-model-root", dest="local_model_roots", type=Path, action="append", default=None, metavar="FOLDER",
+        help="a folder besides the models dir whose model files POST /engines may register by path; repeatable "
+             "(MODELPULL_LOCAL_MODEL_ROOTS, separated by the OS path separator)")
     policy = parser.add_mutually_exclusive_group()
     policy.add_argument("--allow-private-urls", dest="allow_private_urls", action="store_true",
                         default=defaults.allow_private_urls,
@@ -90,6 +95,8 @@ def settings_from_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespac
         allow_private_urls=args.allow_private_urls,
         max_event_streams=args.max_event_streams,
         cors_origins=tuple(args.cors_origins) if args.cors_origins is not None else defaults.cors_origins,
+        max_queued_jobs=args.max_queued_jobs,
+        local_model_roots=tuple(args.local_model_roots) if args.local_model_roots else defaults.local_model_roots,
     )
     return settings, args
 
@@ -107,6 +114,8 @@ def _check(settings: Settings) -> str | None:
         return "--stall-timeout must be more than 0"
     if settings.max_retries < 0:
         return "--max-retries must be 0 or more"
+    if settings.max_queued_jobs < 1:
+        return "--max-queued-jobs must be at least 1"
     if settings.retention_seconds < 0:
         return "--retention-seconds must be 0 or more"
     if settings.max_event_streams < 1:

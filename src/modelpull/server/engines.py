@@ -249,9 +249,10 @@ def inspect_model_file(path: Path) -> dict[str, Any]:
                 return _inspect_safetensors(path)
             except UnsupportedModel:
                 pass
+    # Never echo the file's bytes: the answer would read files for whoever asks.
     raise UnsupportedModel(
-        f"'{path.name}' is neither a GGUF nor a safetensors model file (it starts with bytes "
-        f"{head[:4].hex()}); an engine needs a .gguf file, or .safetensors weights"
+        f"'{path.name}' is neither a GGUF nor a safetensors model file; an engine needs a .gguf file, "
+        "or .safetensors weights"
     )
 
 

@@ -3,7 +3,7 @@
     {"error": {"message": ..., "type": ..., "param": ..., "code": ...}}
 
     ApiError                     raised anywhere below the routes, rendered by the app
-      status 400/409/413/422     type invalid_request_error
+      status 400/409/413/422/429 type invalid_request_error
       status 401                 type authentication_error
       status 404                 type not_found_error
       status 5xx                 type server_error (503: too many event streams, with Retry-After)
@@ -23,6 +23,7 @@ class ApiError(Exception):
         type: str | None = None, headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
+        self.headers = headers  # e.g. Retry-After on a 429
         self.status = status
         self.message = message
         self.param = param

@@ -39,7 +39,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from .. import _api
-from .._errors import ModelPullError
+from .._errors import InvalidRequest, ModelPullError
+from .._paths import is_within, shown_name
 from .._plan import TransferOptions
 from .._progress import DownloadProgress, DownloadStatus
 from .._refs import parse_reference
@@ -67,6 +68,7 @@ PUBLISH_INTERVAL = 0.25  # progress events at most this often per job
 SAVE_INTERVAL = 0.5  # progress written to the store at most this often (2 writes/s per job)
 _CANCEL_KEEP = "cancel_keep"  # the store's control request for a cancel that keeps the partial data
 CLAIM_INTERVAL = 1.0  # a replica looks for work at least this often (a shared store's queue)
+QUEUE_FULL_RETRY_AFTER = 30  # seconds a client is told to wait when --max-queued-jobs is reached
 # Options that change how bytes move, not which bytes: jobs differing only in these share a transfer.
 _TUNING_OPTIONS = frozenset(TransferOptions.NAMES) - {"sha256"}
 _FOLDER_OPTIONS = ("dest", "cache_dir", "local_dir", "models_path")  # must stay inside the models dir
@@ -230,6 +232,9 @@ class DownloadManager:
         if name == "url":
             await self._check_url(model, "model")
             options.setdefault("filename", suggest_filename(model))
+        self._check_request(name, model, options, token, base_url, "model")
+        if name == "url":
+            self._check_url_destination(options)
         if base_url:
             await self._check_url(base_url, "base_url", require_path=False)
         if job_id is not None:
@@ -237,6 +242,7 @@ class DownloadManager:
             if existing is not None and not existing.final:
                 raise ApiError(409, f"A download with id '{job_id}' is already {existing.status}", param="id",
                                code="download_id_exists")
+        self._check_queue_room()
         job = self._new_job(job_id or _new_id(), name, model, options, token or None, base_url or None, None)
         await self._enqueue(job)
         return job
@@ -260,9 +266,15 @@ class DownloadManager:
             if not isinstance(value, str) or not value:
                 raise bad_request(f"'options.{key}' must be a folder path", f"options.{key}", "invalid_parameter")
             try:
-                options[key] = str(resolve_inside(self.models_dir, value))
+                folder = resolve_inside(self.models_dir, value)
             except ValueError as exc:
                 raise bad_request(f"'options.{key}': {exc}", f"options.{key}", "invalid_destination") from None
+            # Only `dest` (one URL's file, under a plain name) may be a folder that holds the state.
+            conflict = self._state_conflict(folder, holds_tree=key != "dest")
+            if conflict:
+                raise bad_request(f"'options.{key}': {shown_name(value)} {conflict}; choose a folder for downloads "
+                                  "inside the models dir", f"options.{key}", "invalid_destination")
+            options[key] = str(folder)
         for key in _URL_OPTIONS:
             if key in options:
                 if not isinstance(options[key], str):
@@ -274,6 +286,65 @@ class DownloadManager:
         if name == "ollama":
             options.setdefault("models_path", str(self.models_dir / "ollama"))
         return options
+
+    def _state_conflict(self, folder: Path, *, holds_tree: bool) -> str | None:
+        """Why `folder` may not receive downloads: it is (inside) the server's state, or holds it."""
+        state = [self.settings.state_dir]
+        if not self.settings.shared_database:  # an SQLite file, wherever the operator put it
+            database = Path(self.settings.database_url).expanduser()
+            state += [database.with_name(database.name + s) for s in ("", "-wal", "-shm", "-journal")]
+        for path in state:
+            if is_within(folder, path):
+                return "is the server's own state (its database, WAL and locks)"
+            if holds_tree and is_within(path, folder):
+                return "holds the server's own state (its database, WAL and locks)"
+        return None
+
+    def _check_url_destination(self, options: dict[str, Any]) -> None:
+        """A URL's file may not take the name of the server's database or its WAL."""
+        target = Path(options.get("dest") or self.models_dir) / options["filename"]
+        if self._state_conflict(target, holds_tree=False):
+            raise bad_request(f"'options.filename': {options['filename']!r} in that folder is the server's own state; "
+                              "choose another name", "options.filename", "invalid_destination")
+
+    def _check_request(self, provider: str, model: str, options: dict[str, Any], token: str | None,
+                       base_url: str | None, model_param: str) -> None:
+        """The provider's own checks of the name and options (malformed: 400/422 now, not a failed job)."""
+        try:
+            _api.check_download(provider, model, token, base_url, **options)
+        except InvalidRequest as exc:
+            if model_param == "model_path":  # a POST /engines reference: its options are part of it
+                raise ApiError(422, str(exc), param=model_param, code="invalid_model_url") from None
+            param = exc.param or model_param
+            if param.startswith("options."):
+                raise bad_request(str(exc), param, "invalid_parameter") from None
+            raise ApiError(422, str(exc), param=param, code="invalid_model") from None
+
+    def _check_queue_room(self) -> None:
+        queued = sum(1 for job in self.jobs.values() if job.status == J.QUEUED)
+        if queued >= self.settings.max_queued_jobs:
+            raise ApiError(
+                429, f"{queued} downloads are already waiting (the limit is {self.settings.max_queued_jobs}, "
+                     "--max-queued-jobs): try again once some have started", code="too_many_queued",
+                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER)})
+
+    def _local_model_path(self, model_path: str) -> Path:
+        """A local file or folder POST /engines may read: under the models dir or a --local-model-root.
+
+        Outside them the answer is the same whether or not the path exists: no oracle of the disk.
+        """
+        path = Path(model_path).expanduser() if "\0" not in model_path else None  # relative: to the cwd
+        roots = [self.models_dir, *self.settings.local_model_roots]
+        if (path is None or not any(is_within(path, root) for root in roots)
+                or self._state_conflict(path, holds_tree=True)):
+            raise bad_request(
+                f"Model path {shown_name(model_path)} is not inside the models directory or a local model root: "
+                f"put the file under {self.models_dir}, or start the server with --local-model-root <folder> "
+                "(MODELPULL_LOCAL_MODEL_ROOTS)", "model_path", "model_path_not_allowed")
+        if not path.exists():
+            raise bad_request(f"Model path '{model_path}' does not exist. Please verify the path is correct.",
+                              "model_path", "model_path_not_found")
+        return path
 
     async def _check_url(self, url: str, param: str, require_path: bool = True) -> None:
         try:
@@ -339,10 +410,7 @@ class DownloadManager:
         kind = _model_path_kind(model_path)
         existing = self.jobs.get(request.engine_id)
         if kind == "local":
-            path = Path(model_path).expanduser()
-            if not path.exists():
-                raise bad_request(f"Model path '{model_path}' does not exist. Please verify the path is correct.",
-                                  "model_path", "model_path_not_found")
+            path = self._local_model_path(model_path)
             return EngineAddResult("created", engine=await self._create_engine_now(request, path, None))
 
         if kind == "url":
@@ -358,6 +426,9 @@ class DownloadManager:
             model, options = reference.model, await self._checked_options(provider, source, dict(reference.options))
         if request.sha256:
             options["sha256"] = request.sha256
+        self._check_request(provider, model, options, request.token, None, "model_path")
+        if provider == "url":
+            self._check_url_destination(options)
 
         if existing is not None and not existing.final:
             if existing.source_key != _source_key(provider, model, options, None):
@@ -377,6 +448,7 @@ class DownloadManager:
             kind_of_start = "resuming" if any(p.exists() for p in partial_paths(dest)) else "started"
         else:
             kind_of_start = "started"
+        self._check_queue_room()
         job = self._new_job(request.engine_id, provider, model, options, request.token, None, request)
         await self._enqueue(job)
         return EngineAddResult(kind_of_start, job=job)

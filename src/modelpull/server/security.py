@@ -17,6 +17,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from ..transfer._policy import UnknownHost, UrlPolicy, host_refusal, parse_address, resolve
 
+from .._paths import is_within
+
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 # Query parameters whose values are secrets, redacted in access logs.
@@ -134,21 +136,13 @@ async def check_url(url: str, policy: UrlPolicy) -> None:
 # ------------------------------------------------------------------------------ paths
 
 
-def inside(root: Path, candidate: Path) -> bool:
-    """True when `candidate` resolves to `root` or a path below it."""
-    root_resolved = root.resolve()
-    resolved = candidate.resolve()
-    return resolved == root_resolved or root_resolved in resolved.parents
-
-
 def resolve_inside(root: Path, relative: str) -> Path:
-    """`root / relative`, refused (ValueError) when it would leave `root`."""
+    """`root / relative` (or an absolute path), refused (ValueError) when it resolves outside `root`."""
+    if "\0" in relative:
+        raise ValueError("a path cannot hold a NUL character")
     candidate = Path(relative)
-    if candidate.is_absolute():
-        target = candidate
-    else:
-        target = root / candidate
-    if not inside(root, target):
+    target = candidate if candidate.is_absolute() else root / candidate
+    if not is_within(target, root):
         raise ValueError(f"'{relative}' is outside the models directory")
     return target
 
