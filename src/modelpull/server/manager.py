@@ -336,7 +336,7 @@ class DownloadManager:
         path = Path(model_path).expanduser() if "\0" not in model_path else None  # relative: to the cwd
         roots = [self.models_dir, *self.settings.local_model_roots]
         if (path is None or not any(is_within(path, root) for root in roots)
-                or self._state_conflict(path, holds_tree=True)):
+                or self._state_conflict(path, holds_tree=False)):
             raise bad_request(
                 f"Model path {shown_name(model_path)} is not inside the models directory or a local model root: "
                 f"put the file under {self.models_dir}, or start the server with --local-model-root <folder> "
