@@ -393,3 +393,17 @@ def test_phone_width_and_keyboard_only(open_page, server, file_server):
     expect(page.locator("li.card")).to_have_count(2)
     expect(page.locator("li.card .badge")).to_have_text(["Completed", "Completed"])
     assert page.evaluate("document.documentElement.scrollWidth") <= 360  # nothing wider than the phone
+
+
+def test_an_ollama_model_says_where_its_blob_and_the_store_are(page, server, fake_ollama_registry):
+    model = fake_ollama_registry.add_model("tinyllama", model_size=60_000)
+    answer = server.api("POST", "/downloads", {
+        "model": "ollama:tinyllama", "options": {"direct": True, "registry": fake_ollama_registry.base_url}})
+    assert answer.status_code == 202, answer.text
+
+    job = card(page, "tinyllama")
+    expect(job.locator(".badge")).to_have_text("Completed")
+    store = server.settings.home / "ollama"
+    paths = job.locator(".details .path dd")
+    expect(paths).to_have_text([str(store / "blobs" / f"sha256-{model.model_layer.hex}"), str(store)])
+    expect(job.locator(".details")).to_contain_text("Ollama store")
