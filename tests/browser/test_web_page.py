@@ -407,3 +407,28 @@ def test_an_ollama_model_says_where_its_blob_and_the_store_are(page, server, fak
     paths = job.locator(".details .path dd")
     expect(paths).to_have_text([str(store / "blobs" / f"sha256-{model.model_layer.hex}"), str(store)])
     expect(job.locator(".details")).to_contain_text("Ollama store")
+
+
+def test_at_phone_width_the_options_file_list_and_cancel_question_fit(open_page, server, fake_hub, hf_env):
+    files = {"config.json": b"{}", "model-00001-of-00002-with-a-long-name.safetensors": os.urandom(900_000),
+             "model-00002-of-00002-with-a-long-name.safetensors": os.urandom(900_000)}
+    fake_hub.add_repo("org/a-repository-with-a-rather-long-name", files)
+    fake_hub.cdn_rate = 300_000
+    page = open_page(server, width=360, height=740)
+    expect(page.locator("#connection")).to_have_text("Live")
+    page.get_by_text("Options").click()
+    expect(page.get_by_label("Include files")).to_be_visible()
+
+    start_download(page, "hf:org/a-repository-with-a-rather-long-name")
+    job = card(page, "org/a-repository-with-a-rather-long-name")
+    wait_until(job, MID_DOWNLOAD)
+    expect(job.locator(".file-list li")).to_have_count(3)  # open while it runs
+    button(job, "Cancel").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_be_visible()
+
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    box = dialog.bounding_box()
+    assert box and box["x"] >= 0 and box["x"] + box["width"] <= 360
+    dialog.get_by_role("button", name="Cancel, delete partial data").click()
+    expect(job.locator(".badge")).to_have_text("Cancelled")
