@@ -5,7 +5,6 @@ import hashlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from rich.console import Console
 from modelpull._progress import DownloadProgress, DownloadStatus
 from modelpull._bars import BarsView, LogView
 from modelpull.cli import main
+
+from interrupted_pull import pull_interrupted
 
 SECRET = "hf_s3cr3t_token_value"
 
@@ -222,25 +223,9 @@ def test_ctrl_c_keeps_partial_data_and_the_same_command_resumes(file_server, hom
     data = _data(2_000_000)
     path = "/slow.gguf"
     url = file_server.add_file(path, data, throttle_bps=400_000)  # 5 s for the whole file
-    command = [sys.executable, "-m", "modelpull", "pull", "--json", url]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=_env(home), cwd=home.parent)
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            item = json.loads(line)
-            if item["status"] == "downloading" and (item["downloaded_bytes"] or 0) >= 200_000:
-                break
-        else:
-            pytest.fail(f"no progress before the stream ended: {process.stderr.read()}")
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    returncode, stderr = pull_interrupted([url], _env(home), home.parent, min_bytes=200_000)
 
-    assert process.returncode == 130, stderr
+    assert returncode == 130, stderr
     assert _lines(stderr)[-1] == (
         f"interrupted: partial data kept in {home}; run the same command again to resume"
     )

@@ -4,13 +4,9 @@ once, Ctrl-C names the folder the data is really in, bars fit 80 columns and sho
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +19,8 @@ from modelpull._bars import BarsView
 from modelpull._plan import TransferOptions
 from modelpull._progress import DownloadProgress
 from modelpull.providers import get_provider, provider_names
+
+from interrupted_pull import pull_interrupted
 
 NO_SUCH_HOST = "no-such-host.invalid"  # RFC 2606: never resolves
 
@@ -76,24 +74,9 @@ def test_ctrl_c_on_a_hub_download_names_the_hub_cache_folder(fake_hub, tmp_path)
            "HF_HOME": str(tmp_path / "hf-home"), "MODELPULL_HOME": str(tmp_path / "models"),
            "PYTHONUNBUFFERED": "1"}
     env.pop("HF_TOKEN", None)
-    process = subprocess.Popen([sys.executable, "-m", "modelpull", "pull", "--json", "hf:org/slow"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            item = json.loads(line)
-            if item["status"] == "downloading" and (item["downloaded_bytes"] or 0) >= 100_000:
-                break
-        else:
-            pytest.fail(f"no progress before the stream ended: {process.stderr.read()}")
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    returncode, stderr = pull_interrupted(["hf:org/slow"], env, tmp_path, min_bytes=100_000)
 
-    assert process.returncode == 130, stderr
+    assert returncode == 130, stderr
     repo_folder = cache / "models--org--slow"
     assert stderr.strip().splitlines()[-1] == (
         f"interrupted: partial data kept in {repo_folder}; run the same command again to resume")

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import Page, expect
 
 from harness import make_gguf
+from polling import eventually
 
 pytestmark = pytest.mark.browser
 
@@ -95,11 +95,16 @@ def test_pause_then_resume_finishes_the_file(page, server, file_server):
     assert (server.settings.home / "paused.bin").read_bytes() == data
 
 
-def test_cancel_stops_the_download_and_removes_its_data(page, server, file_server):
-    url = file_server.add_file("/cancelled.bin", os.urandom(3_000_000), throttle_bps=THROTTLE)
-    start_download(page, url)
-    job = card(page, "cancelled.bin")
+def running_download(page: Page, file_server, name: str):
+    """Start `name` (3 MB, throttled) from the form; its card once the bar is mid-way."""
+    start_download(page, file_server.add_file(f"/{name}", os.urandom(3_000_000), throttle_bps=THROTTLE))
+    job = card(page, name)
     wait_until(job, MID_DOWNLOAD)
+    return job
+
+
+def test_cancel_stops_the_download_and_removes_its_data(page, server, file_server):
+    job = running_download(page, file_server, "cancelled.bin")
 
     button(job, "Cancel").click()
     dialog = page.get_by_role("dialog")
@@ -116,10 +121,7 @@ def test_cancel_stops_the_download_and_removes_its_data(page, server, file_serve
 
 
 def test_cancel_can_keep_the_partial_data_and_going_on_is_the_default(page, server, file_server):
-    url = file_server.add_file("/kept.bin", os.urandom(3_000_000), throttle_bps=THROTTLE)
-    start_download(page, url)
-    job = card(page, "kept.bin")
-    wait_until(job, MID_DOWNLOAD)
+    job = running_download(page, file_server, "kept.bin")
 
     button(job, "Cancel").click()
     dialog = page.get_by_role("dialog")
@@ -135,7 +137,6 @@ def test_cancel_can_keep_the_partial_data_and_going_on_is_the_default(page, serv
     expect(job.locator(".message")).to_contain_text("partial data kept")
     assert eventually(lambda: server.api("GET", "/downloads").json()["total_active"] == 0)
     assert eventually(lambda: (server.settings.home / "kept.bin.part").is_file())
-    time.sleep(0.3)  # the transfer has stopped in the background: nothing deletes the part later
     assert (server.settings.home / "kept.bin.part").stat().st_size > 0
 
 
@@ -145,10 +146,7 @@ def test_finished_cards_can_be_dismissed_and_active_ones_come_first(page, server
     finished = card(page, "old-news.bin")
     expect(finished.locator(".badge")).to_have_text("Completed")
     expect(finished.locator(".state")).to_contain_text("Completed at")
-    running_url = file_server.add_file("/running.bin", os.urandom(3_000_000), throttle_bps=THROTTLE)
-    start_download(page, running_url)
-    running = card(page, "running.bin")
-    wait_until(running, MID_DOWNLOAD)
+    running = running_download(page, file_server, "running.bin")
 
     # The running download is above the finished one, although the finished one came first...
     expect(page.locator("li.card .card-title")).to_have_text(["running.bin", "old-news.bin"])
@@ -223,14 +221,6 @@ def test_a_wrong_sha256_from_the_options_fails_the_download(page, server, file_s
     expect(job.locator(".badge")).to_have_text("Failed")
     expect(job.locator(".error-message")).to_contain_text("digest mismatch: expected " + "0" * 64)
 
-
-def eventually(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def job_id(job) -> str:

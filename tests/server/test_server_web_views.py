@@ -2,24 +2,16 @@
 Cancel keeping or deleting the partial data, and dismissing a finished job."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
 from server_helpers import assert_error, random_bytes
+from polling import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
 SLOW = 150_000
 
-
-def eventually(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_queued_jobs_say_their_place_in_line_and_move_up(start_server, file_server):
@@ -110,7 +102,7 @@ def test_serve_tells_a_person_where_the_page_and_the_api_docs_are(spawn_server, 
     assert eventually(lambda: "Press Ctrl-C to stop." in server.log_path.read_text())
     lines = server.log_path.read_text().splitlines()
     banner = lines[lines.index(next(line for line in lines if line.startswith("modelpull "))):]
-    assert banner[0].startswith(f"modelpull ") and banner[0].endswith(f"is serving on {server.url}")
+    assert banner[0].startswith("modelpull ") and banner[0].endswith(f"is serving on {server.url}")
     assert banner[1] == f"  web page:  {server.url}/"
     assert banner[2] == f"  API docs:  {server.url}/docs"
     assert banner[3] == f"  models in: {models}"
