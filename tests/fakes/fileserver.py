@@ -101,12 +101,14 @@ class _File:
     content_disposition: str | None
     accept_ranges: bool
     throttle_bps: float | None
+    link_bps: float | None
     chunked: bool
     if_range: bool
     auto_etag: bool
     auto_last_modified: bool
     max_connections: int | None = None
     refuse_status: int = 429
+    link_free_at: float = 0.0  # link_bps: when the shared link has sent what it was given
     serving: int = 0  # GETs of this file being answered now (not counting refused ones)
     version: int = 0
 
@@ -197,6 +199,7 @@ class FileServer(BackgroundServer):
         content_disposition: str | None = None,
         accept_ranges: bool = True,
         throttle_bps: float | None = None,
+        link_bps: float | None = None,
         chunked: bool = False,
         if_range: bool = True,
         max_connections: int | None = None,
@@ -207,7 +210,8 @@ class FileServer(BackgroundServer):
         etag: True for one derived from the content (quoted, strong), a string to use as is,
         False for none. last_modified: True (a fixed date, moved on each change), a Unix
         timestamp, or False. accept_ranges=False ignores Range headers and sends no
-        Accept-Ranges. throttle_bps limits each response's rate. chunked=True hides the size
+        Accept-Ranges. throttle_bps limits each response's rate; link_bps the rate of all of this
+        file's responses together (a link one connection fills: more connections share it). chunked=True hides the size
         (chunked transfer encoding, no Content-Length, ranges still honoured).
         if_range=False ignores If-Range, like servers that answer 206 whatever the validator.
         max_connections=n answers `refuse_status` to a GET while n others of this file are served.
@@ -225,7 +229,7 @@ class FileServer(BackgroundServer):
         entry = _File(
             data=bytes(data), etag=etag_value, last_modified=lm_value,
             content_disposition=content_disposition, accept_ranges=accept_ranges,
-            throttle_bps=throttle_bps, chunked=chunked, if_range=if_range,
+            throttle_bps=throttle_bps, link_bps=link_bps, chunked=chunked, if_range=if_range,
             auto_etag=etag is True, auto_last_modified=last_modified is True,
             max_connections=max_connections, refuse_status=refuse_status,
         )
@@ -471,7 +475,7 @@ class FileServer(BackgroundServer):
             limit = len(body)
 
         try:
-            await self._stream(response, record, body[:limit], entry.throttle_bps)
+            await self._stream(response, record, body[:limit], entry)
             if kind in ("drop_after", "short_body", "huge_size"):
                 record.outcome = "dropped"
                 self._close(request)
@@ -486,9 +490,12 @@ class FileServer(BackgroundServer):
                 record.outcome = "client_closed"
 
     async def _stream(
-        self, response: web.StreamResponse, record: RequestRecord, body: memoryview, throttle_bps: float | None
+        self, response: web.StreamResponse, record: RequestRecord, body: memoryview, entry: _File
     ) -> None:
+        throttle_bps, link_bps = entry.throttle_bps, entry.link_bps
         chunk = CHUNK
+        if link_bps:
+            chunk = int(min(CHUNK, max(1024, link_bps / 50)))
         if throttle_bps:
             # Small enough chunks that the rate is smooth at a tenth of a second's scale.
             chunk = int(min(CHUNK, max(1024, throttle_bps / 20)))
@@ -506,6 +513,10 @@ class FileServer(BackgroundServer):
                 delay = began + offset / throttle_bps - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+            if link_bps:  # the shared link is busy for this chunk's time after what it already had
+                now = time.monotonic()
+                entry.link_free_at = max(entry.link_free_at, now) + len(piece) / link_bps
+                await asyncio.sleep(entry.link_free_at - now)
 
     async def _stall(self, request: web.Request, seconds: float) -> None:
         """Keep the connection open and silent until `seconds` pass or the client leaves."""

@@ -118,7 +118,11 @@ class _Retryable(Exception):
         self.status = status  # the HTTP status that caused it, if one did
 
 
-class _Refused(Exception):
+class _GiveBack(Exception):
+    """This worker stops and puts its piece back: another connection finishes it."""
+
+
+class _Refused(_GiveBack):
     """An extra connection was turned away (429/503): the server wants fewer of them."""
 
 
@@ -443,6 +447,12 @@ class _FileTransfer:
         self._ceiling = most  # the most connections the server has not refused
         self._running = 0
         self._answered = 0  # running workers whose current request has its response headers
+        # After a trial that said no, every stream but the front one stops at its next buffer
+        # (not at the end of its piece) and gives its piece back: the one connection left
+        # resumes those pieces from their counters. Read by the I/O threads under self._lock.
+        self._shed = False
+        self._in_flight: set[int] = set()  # pieces being fetched
+        self._leaving: set[int] = set()  # ... whose streams stopped to give them back
         self._ramp: asyncio.Task | None = None
         first_response = probe if (probe is not None and pending[0] == 0) else None
         if probe is not None and first_response is None:
@@ -463,8 +473,11 @@ class _FileTransfer:
         extra connections only cost CPU. So the first connection runs alone until it has moved
         RAMP_SAMPLE bytes past its socket buffers' burst (50 ms at 20 MB/s, a few
         milliseconds on a fast link), then all of them open; once their responses have begun
-        and they have moved RAMP_SAMPLE bytes each, they stay if at least RAMP_GAIN times
-        faster than the one. A "no" is not final: one noisy window must not leave a capped
+        and they have moved RAMP_SAMPLE bytes each (past their own burst), they stay if at least
+        RAMP_GAIN times faster than the one. If not, every stream but the front one stops at its
+        next buffer and gives its piece back (`_shed`), so that a trial costs a fast link its
+        measuring window, not the extra connections' whole pieces. A "no" is not final: one
+        noisy window must not leave a capped
         download on one connection, so the trial runs again after RAMP_RETRY seconds, then
         twice that, and so on. A server that answers an extra connection with 429 or 503
         lowers the ceiling for good (`_refused`): the ramp never asks for more again.
@@ -478,29 +491,34 @@ class _FileTransfer:
             while self._running > 1:  # the last trial's extra workers finish their pieces first
                 await asyncio.sleep(RAMP_POLL)
             await self._rate_over(RAMP_BURST, RAMP_WINDOW)
-            single = await self._rate_over(RAMP_SAMPLE, RAMP_WINDOW)
+            single, _ = await self._rate_over(RAMP_SAMPLE, RAMP_WINDOW)
             if not self._pending or self._ceiling <= 1:
                 return
             wanted = self._ceiling
             self._allowed = wanted
+            self._shed = False
             for _ in range(wanted - self._running):
                 group.create_task(self._worker(None))
-            await self._answers(wanted, RAMP_SETTLE)  # handshakes are not the connections' speed
-            together = await self._rate_over(RAMP_SAMPLE * wanted, RAMP_WINDOW)
-            if together >= single * RAMP_GAIN or self._allowed < wanted:
-                return  # faster, or the server set the number (`_refused`)
-            self._allowed = 1  # the extra workers stop after their current piece
+            await self._answers(wanted, RAMP_SETTLE)  # handshakes are not the connections' speed,
+            await self._rate_over(RAMP_BURST, RAMP_WINDOW)  # nor their first buffered bytes
+            together, moved = await self._rate_over(RAMP_SAMPLE * wanted, RAMP_WINDOW)
+            if together >= single * RAMP_GAIN or self._allowed < wanted or not self._pending:
+                return  # faster, or the server set the number (`_refused`), or nothing left to share
+            if moved < RAMP_SAMPLE:
+                return  # too few bytes to say no (a stalled window, a busy machine): keep them
+            self._allowed = 1
+            self._shed = True  # the extra streams stop at their next buffer
             await asyncio.sleep(pause)
             pause *= 2
 
-    async def _rate_over(self, least_bytes: int, most_seconds: float) -> float:
-        """Bytes per second from now until `least_bytes` have moved or `most_seconds` passed."""
+    async def _rate_over(self, least_bytes: int, most_seconds: float) -> tuple[float, int]:
+        """(bytes per second, bytes) from now until `least_bytes` have moved or `most_seconds` passed."""
         before, began = self.progress.done, time.monotonic()
         while True:
             await asyncio.sleep(RAMP_POLL)
             moved, elapsed = self.progress.done - before, time.monotonic() - began
             if moved >= least_bytes or elapsed >= most_seconds or not self._pending:
-                return moved / elapsed
+                return moved / elapsed, moved
 
     async def _answers(self, workers: int, most_seconds: float) -> None:
         """Wait until `workers` requests have their response headers (or `most_seconds`)."""
@@ -516,14 +534,23 @@ class _FileTransfer:
     async def _worker(self, response: WireResponse | None) -> None:
         self._running += 1
         try:
-            while self._pending and self._running <= self._allowed:
+            # Workers beyond `_allowed` stop between pieces; those giving a piece back do not
+            # count, so that the last one staying never leaves too.
+            while self._pending and self._running - len(self._leaving) <= self._allowed:
                 index = self._pending.pop(0)
+                with self._lock:
+                    self._in_flight.add(index)
                 try:
                     await self._fetch_piece(index, response)
-                except _Refused:
+                except _GiveBack as given_back:
                     bisect.insort(self._pending, index)  # another connection takes it
-                    self._refused()
+                    if isinstance(given_back, _Refused):
+                        self._refused()
                     return
+                finally:
+                    with self._lock:
+                        self._in_flight.discard(index)
+                        self._leaving.discard(index)
                 response = None
         finally:
             self._running -= 1
@@ -616,9 +643,11 @@ class _FileTransfer:
                 answered = True
                 self._accept(response, offset)
                 try:
-                    await self._in_thread(self._stream_into_piece, response, index, start, end)
+                    stopped = await self._in_thread(self._stream_into_piece, response, index, start, end)
                 except (OSError, http.client.HTTPException) as exc:
                     raise self._retryable_from(exc) from None
+                if stopped:
+                    raise _GiveBack()
                 if end is None:  # size unknown: the stream's end is the file's end
                     return
                 if self.state.done[index] < end - start:
@@ -683,8 +712,11 @@ class _FileTransfer:
             raise _RestartFromZero("the server no longer has the range asked for (HTTP 416), the partial data is stale")
         raise self._status_failure(response)
 
-    def _stream_into_piece(self, response: WireResponse, index: int, piece_start: int, piece_end: int | None) -> None:
-        """In an I/O thread: read the body into the piece, written each WRITE_CHUNK or WRITE_INTERVAL."""
+    def _stream_into_piece(self, response: WireResponse, index: int, piece_start: int, piece_end: int | None) -> bool:
+        """In an I/O thread: read the body into the piece, written each WRITE_CHUNK or WRITE_INTERVAL.
+
+        True if it stopped early to give the piece back (`_shed`), False at the body's end.
+        """
         assert self.state is not None
         written = self.state.done[index]
         limit = None if piece_end is None else piece_end - piece_start
@@ -713,10 +745,22 @@ class _FileTransfer:
                         written = self._write(index, piece_start, written, buffer[:filled], buffers.giver(buffer))
                     else:
                         buffers.give_back(buffer)
+                if self._shed and not ended and (limit is None or written < limit) and self._give_back(index):
+                    return True
             if limit is not None and written >= limit and not response.finished and self.state.layout.piece_count == 1:
                 raise SizeMismatch(f"{self.file.name}: the server sent more than {limit} bytes")
+            return False
         finally:
             self.signal.leave_stream()
+
+    def _give_back(self, index: int) -> bool:
+        """Whether this stream stops now (I/O thread): every one but the front one staying does."""
+        with self._lock:
+            staying = self._in_flight - self._leaving
+            if not self._shed or index not in staying or index == min(staying):
+                return False
+            self._leaving.add(index)
+            return True
 
     def _write(
         self, index: int, piece_start: int, written: int, data: memoryview, give_back: Callable[[], None]
