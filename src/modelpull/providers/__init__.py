@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 from ._base import Provider
+from ._local import LocalStore
 
 # name -> "module:Class"; imported on first use so a provider's dependencies load only when needed.
 _REGISTRY: dict[str, str] = {
@@ -16,6 +17,13 @@ _REGISTRY: dict[str, str] = {
     "huggingface": "modelpull.providers.huggingface:HuggingFaceProvider",
     "mlx": "modelpull.providers.mlx:MlxProvider",
     "ollama": "modelpull.providers.ollama:OllamaProvider",
+}
+# name -> "module:Class" of its LocalStore: what it keeps on disk (list, verify, rm, prune).
+# These modules import no network client, so listing stays fast.
+_LOCAL_STORES: dict[str, str] = {
+    "huggingface": "modelpull.providers._hf_cache:HubCacheStore",  # MLX models live in the same cache
+    "ollama": "modelpull.providers._ollama_store:OllamaStore",
+    "url": "modelpull.providers.url:UrlFolder",
 }
 _ALIASES: dict[str, str] = {"hf": "huggingface", "http": "url", "https": "url"}
 
@@ -45,8 +53,17 @@ def get_provider(name: str) -> Provider:
     return getattr(module, class_name)()
 
 
+def local_stores() -> dict[str, type[LocalStore]]:
+    """Each provider's LocalStore class (what it has on disk), by provider name."""
+    stores = {}
+    for name, target in _LOCAL_STORES.items():
+        module_name, _, class_name = target.partition(":")
+        stores[name] = getattr(importlib.import_module(module_name), class_name)
+    return stores
+
+
 def provider_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-__all__ = ["Provider", "canonical_name", "get_provider", "provider_names"]
+__all__ = ["LocalStore", "Provider", "canonical_name", "get_provider", "local_stores", "provider_names"]

@@ -24,7 +24,6 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,21 +39,22 @@ from ..transfer import public_url, write_durably
 from ..transfer._aiohttp import open_following_redirects
 from ..transfer._http import RETRYABLE_STATUSES, unknown_host, unknown_host_error
 from ._base import Provider
+from ._ollama_store import (  # noqa: F401 - OllamaName and store_root are part of this module's face
+    DEFAULT_HOST,
+    DEFAULT_NAMESPACE,
+    DEFAULT_TAG,
+    MODEL_MEDIA_TYPE,
+    OllamaName,
+    store_root,
+)
 
 if TYPE_CHECKING:
     from .._run import RunContext
 
-DEFAULT_HOST = "registry.ollama.ai"
-DEFAULT_NAMESPACE = "library"
-DEFAULT_TAG = "latest"
 DEFAULT_SERVER = "http://localhost:11434"
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
-MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
 _MEDIA_TYPE_PREFIX = "application/vnd.ollama.image."
 
-# Ollama's own name rules (types/model/name.go): parts of letters, digits, `_`, `-` and `.`.
-_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(:[0-9]+)?$")
 # A blob file of Ollama's store: sha256-<hex> (sha256:<hex> in old stores, before fixblobs).
 _BLOB_FILE = re.compile(r"^sha256[-:][0-9a-f]{64}$")
 _ABSOLUTE_PATH = re.compile(r"^(/|\\|[A-Za-z]:[\\/])")
@@ -62,57 +62,6 @@ _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 SPEED_WINDOW_SECONDS = 5.0
 MAX_RUNNING_PERCENT = 99.9  # through a server, 100.0 is for the COMPLETE item only
 MANIFEST_WAIT_SECONDS = 2.0  # how long the first progress item waits for the registry's sizes
-
-
-@dataclass(frozen=True)
-class OllamaName:
-    """`[host/][namespace/]model[:tag]`, with registry.ollama.ai, library and latest as defaults."""
-
-    host: str
-    namespace: str
-    model: str
-    tag: str
-
-    @classmethod
-    def parse(cls, text: str) -> "OllamaName":
-        raw = text.strip()
-        rest, tag = raw, DEFAULT_TAG
-        if ":" in raw.rsplit("/", 1)[-1]:  # a tag; a colon before the last "/" is a host's port
-            rest, _, tag = raw.rpartition(":")
-        parts = rest.split("/")
-        if not 1 <= len(parts) <= 3:
-            raise _bad_name(text)
-        model = parts[-1]
-        namespace = parts[-2] if len(parts) >= 2 else DEFAULT_NAMESPACE
-        host = parts[-3] if len(parts) == 3 else DEFAULT_HOST
-        if not (_PART.fullmatch(model) and _PART.fullmatch(namespace) and _PART.fullmatch(tag)
-                and _HOST.fullmatch(host)):
-            raise _bad_name(text)
-        if len(tag) > 80:
-            raise _bad_name(text)
-        return cls(host, namespace, model, tag)
-
-    @property
-    def repository(self) -> str:
-        return f"{self.namespace}/{self.model}"
-
-    @property
-    def display(self) -> str:
-        """The shortest form Ollama shows (`llama3:8b`, `user/model:tag`, `host/ns/model:tag`)."""
-        if self.host == DEFAULT_HOST:
-            short = self.model if self.namespace == DEFAULT_NAMESPACE else self.repository
-            return f"{short}:{self.tag}"
-        return f"{self.host}/{self.repository}:{self.tag}"
-
-    def manifest_path(self, store: Path) -> Path:
-        return confined(store, "manifests", self.host, self.namespace, self.model, self.tag)
-
-
-def _bad_name(text: str) -> InvalidRequest:
-    return InvalidRequest(
-        f"{shown_name(text)} is not a valid Ollama model name: use [host/][namespace/]model[:tag], "
-        "e.g. llama3.2, llama3.2:1b or myuser/mymodel:latest", param="model"
-    )
 
 
 class OllamaProvider(Provider):
@@ -244,12 +193,6 @@ def _ollama_host(value: str) -> str:
         host, port = hostport, default_port
     host = host or "127.0.0.1"
     return f"{scheme}://{host}:{port}" + (f"/{path.rstrip('/')}" if path.strip("/") else "")
-
-
-def store_root(models_path: str | os.PathLike[str] | None) -> Path:
-    """Ollama's model store: the `models_path` option, else OLLAMA_MODELS, else ~/.ollama/models."""
-    chosen = models_path or os.environ.get("OLLAMA_MODELS") or Path.home() / ".ollama" / "models"
-    return Path(chosen).expanduser()
 
 
 def blob_path(store: Path, digest: str) -> Path:

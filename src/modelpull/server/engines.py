@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import struct
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .._model_info import UnsupportedModel, inspect_model_file
 from .errors import ApiError, bad_request
 from .security import valid_id
 from .store import JobStore
@@ -212,139 +211,6 @@ def validate_loading_parameters(raw: Any) -> dict[str, Any]:
                 f"loading_parameters.{name}", "invalid_parameter",
             )
     return {name: values[name] for name in PARAMETER_ORDER}
-
-
-# ------------------------------------------------------------------------------ inspection
-
-
-class UnsupportedModel(Exception):
-    """The file is not a model an engine can be created from."""
-
-
-def inspect_model_file(path: Path) -> dict[str, Any]:
-    """Format and metadata of a model file (or a folder holding one); UnsupportedModel otherwise."""
-    if path.is_dir():
-        candidates = sorted(path.rglob("*.gguf")) or sorted(path.rglob("*.safetensors"))
-        if not candidates:
-            raise UnsupportedModel(f"'{path}' holds no .gguf or .safetensors file")
-        if candidates[0].suffix == ".safetensors":
-            infos = [_inspect_safetensors(p) for p in candidates]
-            merged = dict(infos[0])
-            merged["parameter_count"] = sum(i["parameter_count"] or 0 for i in infos)
-            merged["file_size"] = sum(i["file_size"] for i in infos)
-            merged["files"] = len(infos)
-            return merged
-        path = candidates[0]
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(8)
-    except OSError as exc:
-        raise UnsupportedModel(f"Cannot read '{path}': {exc.strerror or exc}") from None
-    if head[:4] == b"GGUF":
-        return _inspect_gguf(path)
-    if len(head) == 8 and path.stat().st_size > 8:
-        header_len = struct.unpack("<Q", head)[0]
-        if 2 <= header_len <= 100 * 1024 * 1024 and header_len + 8 <= path.stat().st_size:
-            try:
-                return _inspect_safetensors(path)
-            except UnsupportedModel:
-                pass
-    # Never echo the file's bytes: the answer would read files for whoever asks.
-    raise UnsupportedModel(
-        f"'{path.name}' is neither a GGUF nor a safetensors model file; an engine needs a .gguf file, "
-        "or .safetensors weights"
-    )
-
-
-def _inspect_gguf(path: Path) -> dict[str, Any]:
-    import gguf  # imported here: it pulls numpy, which the rest of the server does not need
-
-    try:
-        reader = gguf.GGUFReader(str(path), "r")
-    except Exception as exc:  # the gguf package raises ValueError, struct.error, IndexError...
-        raise UnsupportedModel(f"'{path.name}' has a GGUF signature but cannot be read: {exc}") from None
-
-    def field(name: str) -> Any:
-        entry = reader.get_field(name)
-        if entry is None:
-            return None
-        try:
-            return entry.contents()
-        except Exception:
-            return None
-
-    architecture = field("general.architecture")
-    parameter_count = field("general.parameter_count")
-    if not isinstance(parameter_count, int):
-        parameter_count = 0
-        for tensor in reader.tensors:
-            count = 1
-            for dim in tensor.shape:
-                count *= int(dim)
-            parameter_count += count
-    quantization = None
-    file_type = field("general.file_type")
-    if isinstance(file_type, int):
-        try:
-            quantization = gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
-        except ValueError:
-            quantization = None
-    if quantization is None and reader.tensors:
-        counts: dict[str, int] = {}
-        for tensor in reader.tensors:
-            counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + int(tensor.n_elements)
-        quantization = max(counts, key=counts.__getitem__)
-    context_length = field(f"{architecture}.context_length") if architecture else None
-    return {
-        "format": "gguf",
-        "architecture": architecture,
-        "name": field("general.name"),
-        "parameter_count": parameter_count,
-        "quantization": quantization,
-        "context_length": context_length if isinstance(context_length, int) else None,
-        "tensor_count": len(reader.tensors),
-        "file_size": path.stat().st_size,
-    }
-
-
-def _inspect_safetensors(path: Path) -> dict[str, Any]:
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        raw_len = handle.read(8)
-        if len(raw_len) < 8:
-            raise UnsupportedModel(f"'{path.name}' is too short to be a safetensors file")
-        header_len = struct.unpack("<Q", raw_len)[0]
-        if header_len + 8 > size or header_len > 100 * 1024 * 1024:
-            raise UnsupportedModel(f"'{path.name}' is not a safetensors file (bad header length)")
-        try:
-            header = json.loads(handle.read(header_len))
-        except (ValueError, UnicodeDecodeError):
-            raise UnsupportedModel(f"'{path.name}' is not a safetensors file (header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise UnsupportedModel(f"'{path.name}' is not a safetensors file (header is not an object)")
-    parameter_count = 0
-    dtypes: dict[str, int] = {}
-    for name, tensor in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(tensor, dict) or "shape" not in tensor or "dtype" not in tensor:
-            raise UnsupportedModel(f"'{path.name}' is not a safetensors file (tensor '{name}' is malformed)")
-        count = 1
-        for dim in tensor["shape"]:
-            count *= int(dim)
-        parameter_count += count
-        dtypes[str(tensor["dtype"])] = dtypes.get(str(tensor["dtype"]), 0) + count
-    return {
-        "format": "safetensors",
-        "architecture": None,
-        "name": None,
-        "parameter_count": parameter_count,
-        "quantization": None,
-        "dtype": max(dtypes, key=dtypes.__getitem__) if dtypes else None,
-        "context_length": None,
-        "tensor_count": sum(1 for k in header if k != "__metadata__"),
-        "file_size": size,
-    }
 
 
 # ------------------------------------------------------------------------------ registry
