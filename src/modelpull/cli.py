@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true",
                         help="print one JSON progress object per line on stdout, nothing else")
 
+    from . import _cli_local
+
+    _cli_local.add_commands(commands)
     commands.add_parser("serve", help="run the download server (modelpull serve --help)", add_help=False)
     return parser
 
@@ -360,6 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(args_list)
         if args.command == "pull":
             return pull(args, sys.stdout, sys.stderr)
+        if args.command is not None:
+            from . import _cli_local
+
+            return _cli_local.run(args, sys.stdout, sys.stderr)
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # before any download started: nothing to keep

@@ -443,3 +443,22 @@ def _private_file(path: Path) -> None:
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         if name.exists():
             os.chmod(name, 0o600)
+
+
+def read_records(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(jobs, engines) of a server's SQLite store, read-only (the CLI asks what is in use).
+
+    Nothing is created or migrated; an unreadable store reads as empty.
+    """
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return [], []
+    try:
+        jobs = [json.loads(r[0]) for r in db.execute("SELECT record FROM jobs")]
+        engines = [json.loads(r[0]) for r in db.execute("SELECT record FROM engines")]
+    except (sqlite3.Error, ValueError):
+        return [], []
+    finally:
+        db.close()
+    return jobs, engines
