@@ -139,7 +139,10 @@ class LocalStore(abc.ABC):
 
     def open_paths(self, model: LocalModel) -> list[Path]:
         """Paths a running engine or download of this model would hold (for "in use" checks)."""
-        return [model.location, *(f.path for f in model.files), *(f.link for f in model.files if f.link)]
+        paths = [model.location, *(f.path for f in model.files), *(f.link for f in model.files if f.link)]
+        if model.status == PARTIAL:  # a partial is held by whoever writes its final file
+            paths += [p.with_name(p.name.removesuffix(".part").removesuffix(".incomplete")) for p in paths]
+        return paths
 
 
 # ---------------------------------------------------------------------- helpers for stores

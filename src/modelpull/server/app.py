@@ -32,6 +32,7 @@ from .._settings import Settings
 from . import sse, views
 from .engines import EngineRegistry, parse_dashboard_model, parse_engine_request
 from .errors import ApiError, bad_request, not_found
+from .local_models import build_local_router
 from .logs import SECRETS, silence_uvicorn_access_log
 from .manager import DownloadManager
 from .openapi import install_docs
@@ -550,6 +551,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     router = build_router()
     app.include_router(router)
     app.include_router(router, prefix="/v1", include_in_schema=False)
+    local_router = build_local_router()
+    app.include_router(local_router)
+    app.include_router(local_router, prefix="/v1", include_in_schema=False)
 
     @app.get("/health", tags=["operations"])
     @app.get("/v1/health", tags=["operations"])
