@@ -168,9 +168,13 @@ async def _run_verification(inventory: Inventory, model: Any, job: Verification,
         bad = [c for c in checks if c.status not in (OK, UNCHECKED)]
         job.checked_bytes = job.total_bytes
         job.status = "completed"
-        job.message = (f"{len(bad)} of {len(checks)} files bad: " + ", ".join(f"{c.file.name} ({c.status})"
-                                                                          for c in bad)) if bad else \
-            f"All {len(checks)} files ok"
+        unchecked = sum(1 for c in checks if c.status == UNCHECKED)
+        if bad:
+            job.message = f"{len(bad)} of {len(checks)} files bad: " + ", ".join(
+                f"{c.file.name} ({c.status})" for c in bad)
+        else:
+            job.message = f"{len(checks) - unchecked} of {len(checks)} files ok" + (
+                f", {unchecked} without a known digest (size checked)" if unchecked else "")
     publish()
 
 

@@ -255,6 +255,12 @@
       const data = parseData(event);
       if (data && state.engines.delete(data.engine_id)) render();
     });
+    // The "On this machine" section (local.js) follows the same stream.
+    for (const kind of ["job", "verify", "local-model-removed", "ready"]) {
+      source.addEventListener(kind, (event) => {
+        document.dispatchEvent(new CustomEvent(`modelpull:${kind}`, { detail: parseData(event) }));
+      });
+    }
     source.addEventListener("ready", () => {
       // The snapshot is complete: whatever it did not mention is gone from the server.
       const seen = state.snapshot;
