@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import InvalidRequest, ModelPullError
-from ._plan import DownloadRequest, TransferOptions
+from ._plan import DownloadRequest, Plan, TransferOptions
 from ._progress import DownloadProgress, DownloadStatus
 from ._refs import parse_reference
 from ._run import DownloadControl, RunContext, error_item
 from ._settings import Settings
 from .providers import canonical_name, get_provider
+from .transfer._rate import RateLimit
 
 log = logging.getLogger("modelpull")
 
@@ -188,6 +189,26 @@ def data_location(provider: str, model: str, base_url: str | None = None, **opti
         return str(Settings.from_env().home.absolute())
 
 
+async def plan_download(provider: str, model: str, token: str | None = None, base_url: str | None = None,
+                        **options: Any) -> Plan:
+    """What download_model() would fetch, without moving a byte: the provider's plan (files, sizes,
+    digests, destinations, which are already present). Raises ModelPullError.
+
+    An Ollama model is planned as a direct pull (its registry manifest): a running Ollama server
+    decides for itself what to fetch.
+    """
+    name = canonical_name(provider)
+    source = get_provider(name)
+    if name == "ollama":
+        options = {**options, "direct": True}
+    request = _build_request(source, name, model, token, base_url, options)
+    context = RunContext(request.transfer)
+    try:
+        return await source.plan(request, context)
+    finally:
+        await context.close()
+
+
 def _is_network_error(exc: Exception) -> bool:
     """An OSError, or one of aiohttp's (checked only if a provider imported it)."""
     aiohttp = sys.modules.get("aiohttp")
@@ -206,6 +227,12 @@ def _build_request(
 ) -> DownloadRequest:
     settings = Settings.from_env()
     transfer_overrides = {k: options.pop(k) for k in list(options) if k in TransferOptions.NAMES}
+    if options.get("limit_rate") is not None:
+        try:
+            transfer_overrides["limit_rate"] = RateLimit.of(options.pop("limit_rate"))
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"option limit_rate: {exc}") from None
+    options.pop("limit_rate", None)
     models_dir = Path(options.pop("models_dir", None) or settings.home).expanduser()
     unknown = sorted(set(options) - set(source.option_names))
     if unknown:

@@ -34,9 +34,10 @@ class LogView(View):
     HEARTBEAT = 10.0  # seconds between progress lines when nothing else changes
     MIN_GAP = 1.0  # seconds between lines for changing download messages
 
-    def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic, prefix: str = "") -> None:
         self._console = console
         self._clock = clock
+        self._prefix = prefix  # the reference, when one call pulls several
         self._last: tuple[DownloadStatus, str] | None = None
         self._last_time = float("-inf")
 
@@ -53,7 +54,7 @@ class LogView(View):
         elif not changed:
             return
         self._last, self._last_time = (item.status, item.message), now
-        line = f"{item.status.value}: {item.message}"
+        line = f"{self._prefix}{item.status.value}: {item.message}"
         if item.status is DownloadStatus.DOWNLOADING and item.downloaded_bytes is not None:
             line += f" [{_progress_summary(item)}]"
         self._console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -257,3 +258,55 @@ def _is_notice(item: DownloadProgress) -> bool:
     return item.status is DownloadStatus.PAUSED or any(word in text for word in _NOTICE_WORDS)
 
 
+
+
+# ---------------------------------------------------------------------------------------
+# Several references in one call: one bar each, under one live display.
+
+
+class RefBars:
+    """One rich bar per reference of a `pull` with several; `view(label)` is each one's View."""
+
+    def __init__(self, console: Console) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description}", style="progress.description", markup=False),
+            BarColumn(bar_width=None), _PercentColumn(), _BytesColumn(), _SpeedColumn(), _EtaColumn(),
+            console=console, expand=True,
+        )
+        self._live = Live(self._progress, console=console, refresh_per_second=10, transient=False,
+                          redirect_stdout=False)
+        self._open = 0
+
+    def view(self, label: str) -> View:
+        self._open += 1
+        return _RefBar(self, self._progress.add_task(label, total=None))
+
+    def _start(self) -> None:
+        if not self._live.is_started:
+            self._live.start()
+
+    def _finish(self) -> None:
+        self._open -= 1
+        if self._open == 0 and self._live.is_started:
+            self._live.stop()
+
+
+class _RefBar(View):
+    def __init__(self, bars: RefBars, task: TaskID) -> None:
+        self._bars = bars
+        self._task = task
+        self._finished = False
+
+    def show(self, item: DownloadProgress) -> None:
+        self._bars._start()
+        done, total = item.downloaded_bytes or 0, item.total_bytes
+        if item.status is DownloadStatus.COMPLETE:
+            total = total or done
+            done = total
+        self._bars._progress.update(self._task, completed=done, total=total, speed_bps=item.speed_bps,
+                                    eta_seconds=item.eta_seconds)
+
+    def finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._bars._finish()

@@ -25,6 +25,9 @@ class TransferOptions:
     retry_max_delay: float = 30.0  # cap on one backoff delay and on Retry-After
     max_concurrent_files: int = 4  # files of one plan fetched at once
     sha256: str | None = None  # expected digest of a single-file download
+    # bytes/s for every connection of the call (a shared RateLimit caps several calls together);
+    # not in NAMES: the server moves bytes on its own shared wire and does not take it.
+    limit_rate: Any = None
 
     NAMES = (
         "connections", "multipart_threshold", "piece_size", "stall_timeout", "connect_timeout",

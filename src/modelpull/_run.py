@@ -23,6 +23,7 @@ from .transfer import (
     partial_bytes,
     reserved_bytes,
 )
+from .transfer._rate import RateLimit
 
 if TYPE_CHECKING:
     import aiohttp
@@ -80,7 +81,8 @@ class RunContext:
     def wire(self) -> Wire:
         if self._wire is None:
             limit = max(self.transfer.connections * 2, 8)
-            self._wire = Wire(connect_timeout=self.transfer.connect_timeout, limit_per_host=limit)
+            self._wire = Wire(connect_timeout=self.transfer.connect_timeout, limit_per_host=limit,
+                              rate_limit=RateLimit.of(self.transfer.limit_rate))
             self._owned.append(self._wire)
         return self._wire
 

@@ -25,9 +25,11 @@ from typing import Any, Sequence, TextIO
 
 from . import __version__
 from ._api import data_location, download_model
+from ._cli_local import cli_words
+from ._errors import ModelPullError
 from ._progress import DownloadProgress, DownloadStatus
 from ._refs import Reference, parse_reference
-from ._units import format_seconds
+from ._units import format_bytes, format_seconds
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -89,6 +91,17 @@ def _sha256(text: str) -> str:
     return digest.lower()
 
 
+def _rate(text: str) -> int:
+    """'500K' -> 512000 bytes/s (K, M, G are 1024-based, as curl's --limit-rate)."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgG]?)[bB]?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a rate: use bytes per second, e.g. 500K, 20M, 1G")
+    value = float(match.group(1)) * 1024 ** " KMG".index(match.group(2).upper() or " ")
+    if value < 1024:
+        raise argparse.ArgumentTypeError(f"'{text}' is below 1K (1024 bytes per second)")
+    return int(value)
+
+
 def _base_url(text: str) -> str:
     if not text.lower().startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"'{text}' is not an http(s) URL")
@@ -112,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_PULL_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    pull.add_argument("ref", help="what to download: an http(s) URL, hf:..., mlx:... or ollama:...")
+    pull.add_argument("refs", nargs="+", metavar="ref",
+                      help="what to download: an http(s) URL, hf:..., mlx:... or ollama:... (several: fetched "
+                           "at once, one bar each)")
     pull.add_argument("--to", metavar="DIR", type=Path,
                       help="where files go: for URLs this folder (default: $MODELPULL_HOME or ./models); "
                            "for hf:/mlx: plain files here instead of the Hugging Face cache; for ollama: "
@@ -121,14 +136,30 @@ def build_parser() -> argparse.ArgumentParser:
                       help="expected sha256 of the file; a mismatch deletes it and fails")
     pull.add_argument("--connections", metavar="N", type=_connections,
                       help="connections per large file (default: 16)")
+    pull.add_argument("-o", "--output", metavar="FILE", type=Path,
+                      help="save the one file to FILE (a URL, or hf:org/name:path for one file of a repo)")
     pull.add_argument("--token", metavar="TOKEN",
-                      help="access token for the source (default: from the environment, e.g. HF_TOKEN)")
+                      help="access token for the source (default: HF_TOKEN, then the saved `hf auth login`)")
     pull.add_argument("--base-url", metavar="URL", type=_base_url,
                       help="the source's endpoint (Hugging Face mirror, Ollama server)")
     pull.add_argument("--revision", metavar="REV",
                       help="branch, tag or commit (hf: and mlx: references; same as @REV)")
+    pull.add_argument("--include", metavar="GLOB", action="append",
+                      help="hf:/mlx: only files matching GLOB (repeatable)")
+    pull.add_argument("--exclude", metavar="GLOB", action="append",
+                      help="hf:/mlx: skip files matching GLOB (repeatable)")
+    pull.add_argument("--repo-type", choices=("model", "dataset"),
+                      help="hf: the kind of repo (default: model)")
     pull.add_argument("--direct", action="store_true",
                       help="ollama: fetch from the registry into Ollama's store without a running Ollama")
+    pull.add_argument("--registry", metavar="URL",
+                      help="ollama: the registry to fetch from (implies --direct; default: https://<host of the name>)")
+    pull.add_argument("--insecure", action="store_true",
+                      help="ollama: allow a plain-http registry (as `ollama pull --insecure`)")
+    pull.add_argument("--limit-rate", metavar="RATE", type=_rate,
+                      help="cap the whole call's download speed, in bytes/s with K, M or G (1024-based): 500K, 20M")
+    pull.add_argument("--dry-run", action="store_true",
+                      help="print the plan (files, sizes, what is already here, disk needed) and download nothing")
     output = pull.add_mutually_exclusive_group()
     output.add_argument("-q", "--quiet", action="store_true",
                         help="print only the local path (or one error line)")
@@ -142,15 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def download_arguments(args: argparse.Namespace) -> tuple[Reference, dict[str, Any]]:
+def download_arguments(args: argparse.Namespace, text: str | None = None) -> tuple[Reference, dict[str, Any]]:
     """The reference and the keyword arguments for download_model(); UsageError if inconsistent."""
     try:
-        ref = parse_reference(args.ref)
+        ref = parse_reference(text if text is not None else args.refs[0])
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     options = dict(ref.options)
+    hub = ref.provider in _HUB_PROVIDERS
     if args.revision is not None:
-        if ref.provider not in _HUB_PROVIDERS:
+        if not hub:
             raise UsageError("--revision applies to hf: and mlx: references only")
         if not args.revision.strip():
             raise UsageError("--revision needs a branch, tag or commit")
@@ -159,20 +191,51 @@ def download_arguments(args: argparse.Namespace) -> tuple[Reference, dict[str, A
                 f"two revisions given: @{options['revision']} in the reference and --revision {args.revision}"
             )
         options["revision"] = args.revision
-    if args.direct:
+    for flag, value in (("--include", args.include), ("--exclude", args.exclude), ("--repo-type", args.repo_type)):
+        if value and not hub:
+            raise UsageError(f"{flag} applies to hf: and mlx: references only")
+    if args.include:
+        if "filename" in options:
+            raise UsageError("--include selects files of a whole repo: drop the file path from the reference")
+        options["allow_patterns"] = [*options.get("allow_patterns", []), *args.include]
+    if args.exclude:
+        options["ignore_patterns"] = list(args.exclude)
+    if args.repo_type:
+        options["repo_type"] = args.repo_type
+    if args.direct or args.registry:
         if ref.provider != "ollama":
-            raise UsageError("--direct applies to ollama: references only")
+            raise UsageError(f"{'--direct' if args.direct else '--registry'} applies to ollama: references only")
+        if args.base_url is not None:
+            raise UsageError("--base-url names an Ollama server, which --direct does not use: drop one of them "
+                             "(the registry is --registry)")
         options["direct"] = True
+    if args.registry:
+        options["registry"] = args.registry.rstrip("/")
+    if args.insecure:
+        if ref.provider != "ollama":
+            raise UsageError("--insecure applies to ollama: references only")
+        options["insecure"] = True
     if args.base_url is not None and ref.provider == "url":
         raise UsageError("--base-url does not apply to a URL reference; the URL is the source")
     if args.to is not None:
-        if ref.provider in _HUB_PROVIDERS:
+        if hub:
             # A folder named by hand means "the files here", not a Hub cache inside it.
             options["local_dir"] = args.to.expanduser()
         elif ref.provider == "ollama":
             options["models_path"] = args.to.expanduser()
         else:
             options["models_dir"] = args.to.expanduser()
+    if args.output is not None:
+        if len(args.refs) > 1:
+            raise UsageError("-o/--output names one file: give one reference")
+        if ref.provider == "url":
+            if args.to is not None:
+                raise UsageError("-o/--output already says where the file goes: drop --to")
+            output = args.output.expanduser()
+            options["dest"], options["filename"] = str(output.parent), output.name
+        elif not (hub and options.get("filename")):
+            raise UsageError("-o/--output names one file: use it with a URL or hf:org/name:path/to/file; "
+                             "for a whole repo use --to DIR")
     if args.sha256 is not None:
         options["sha256"] = args.sha256
     if args.connections is not None:
@@ -200,13 +263,15 @@ class QuietView(View):
 
 
 class JsonView(View):
-    """One `DownloadProgress.to_dict()` per line, flushed, for scripts."""
+    """One `DownloadProgress.to_dict()` per line, flushed, for scripts (with "ref" when several)."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, ref: str | None = None) -> None:
         self._out = out
+        self._ref = ref
 
     def show(self, item: DownloadProgress) -> None:
-        self._out.write(json.dumps(item.to_dict(), separators=(",", ":")) + "\n")
+        data = item.to_dict() if self._ref is None else {"ref": self._ref, **item.to_dict()}
+        self._out.write(json.dumps(data, separators=(",", ":")) + "\n")
         self._out.flush()
 
 
@@ -216,13 +281,22 @@ class JsonView(View):
 
 class _Outcome:
     def __init__(self) -> None:
+        self.interrupted_by: int | None = None  # the signal that stopped the downloads
+
+
+class _Run:
+    """One reference of the call: its arguments, its view and its last item."""
+
+    def __init__(self, text: str, ref: Reference, options: dict[str, Any]) -> None:
+        self.text = text
+        self.ref = ref
+        self.options = options
+        self.view: View = QuietView()
         self.final: DownloadProgress | None = None
-        self.interrupted_by: int | None = None  # the signal that stopped the download
 
 
-async def _consume(ref: Reference, options: dict[str, Any], token: str | None, base_url: str | None,
-                   view: View, outcome: _Outcome) -> None:
-    stream = download_model(ref.provider, ref.model, token=token, base_url=base_url, **options)
+async def _consume(runs: list[_Run], token: str | None, base_url: str | None, outcome: _Outcome) -> None:
+    """Every run at once; Ctrl-C (or SIGTERM) stops them all, keeping their partial data."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -243,11 +317,7 @@ async def _consume(ref: Reference, options: dict[str, Any], token: str | None, b
         except (NotImplementedError, RuntimeError, ValueError):  # no signals here (not the main thread)
             pass
     try:
-        async for item in stream:
-            view.show(item)
-            if item.status.is_terminal:
-                outcome.final = item
-                break
+        await asyncio.gather(*(_consume_one(run, token, base_url) for run in runs))
     except asyncio.CancelledError:
         if outcome.interrupted_by is None:
             raise
@@ -255,74 +325,186 @@ async def _consume(ref: Reference, options: dict[str, Any], token: str | None, b
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
+
+
+async def _consume_one(run: _Run, token: str | None, base_url: str | None) -> None:
+    stream = download_model(run.ref.provider, run.ref.model, token=token, base_url=base_url, **run.options)
+    try:
+        async for item in stream:
+            run.view.show(item)
+            if item.status.is_terminal:
+                run.final = item
+                break
+    finally:
         # Closing the generator stops the transfer; partial data stays for the next run.
         await stream.aclose()
 
 
-def _choose_view(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, label: str) -> View:
+def _choose_views(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, runs: list[_Run]) -> list[View]:
+    """One view per run: rich bars on a terminal (one bar per reference when several), plain
+    log lines otherwise, JSON lines with --json (with a "ref" field when several)."""
+    several = len(runs) > 1
     if args.json:
-        return JsonView(stdout)
+        return [JsonView(stdout, ref=run.text if several else None) for run in runs]
     if args.quiet:
-        return QuietView()
-    from ._bars import BarsView, LogView, console  # rich costs a twentieth of a second to import
+        return [QuietView() for _ in runs]
+    from ._bars import BarsView, LogView, RefBars, console  # rich costs a twentieth of a second to import
 
     errors = console(stderr)
     if errors.is_terminal:
-        return BarsView(errors, label=label)
-    return LogView(errors)
+        if several:
+            bars = RefBars(errors)
+            return [bars.view(run.ref.model) for run in runs]
+        return [BarsView(errors, label=runs[0].ref.model)]
+    return [LogView(errors, prefix=f"{run.ref.model}: " if several else "") for run in runs]
 
 
 def pull(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     """Run `modelpull pull`; the exit status."""
     def fail(message: str, status: int = EXIT_FAILED) -> int:
-        print(f"error: {message}", file=stderr, flush=True)
+        print(f"error: {cli_words(message)}", file=stderr, flush=True)
         return status
 
     try:
-        ref, options = download_arguments(args)
+        runs = [_Run(text, *download_arguments(args, text)) for text in args.refs]
     except UsageError as exc:
         return fail(str(exc), EXIT_USAGE)
+    if args.limit_rate is not None:
+        from .transfer._rate import RateLimit
 
-    view = _choose_view(args, stdout, stderr, label=ref.model)
+        shared = RateLimit(args.limit_rate)  # one cap for every download of the call
+        for run in runs:
+            run.options["limit_rate"] = shared
+    if args.dry_run:
+        return _dry_run(args, runs, stdout, stderr)
+
+    views = _choose_views(args, stdout, stderr, runs)
+    for run, view in zip(runs, views):
+        run.view = view
     outcome = _Outcome()
     started = time.monotonic()
+
+    def finish_views() -> None:
+        for view in views:
+            view.finish()
+
     try:
-        asyncio.run(_consume(ref, options, args.token, args.base_url, view, outcome))
+        asyncio.run(_consume(runs, args.token, args.base_url, outcome))
     except KeyboardInterrupt:  # Ctrl-C before our handler was in place, or a second one
         outcome.interrupted_by = outcome.interrupted_by or signal.SIGINT
     except BrokenPipeError:  # the reader of --json went away (`| head`): no one left to tell
         _silence_stdout()
         return EXIT_FAILED
     except ValueError as exc:  # an unknown provider, raised as AbstractCore raises it
-        view.finish()
+        finish_views()
         return fail(str(exc))
     except Exception as exc:  # a bug: still one line (messages never hold a token)
-        view.finish()
+        finish_views()
         return fail(f"unexpected {type(exc).__name__}: {exc}")
     finally:
-        view.finish()
+        finish_views()
 
     if outcome.interrupted_by is not None:
-        where = data_location(ref.provider, ref.model, args.base_url, **options)
+        where = ", ".join(sorted({
+            data_location(run.ref.provider, run.ref.model, args.base_url,
+                          **{k: v for k, v in run.options.items() if k != "limit_rate"})
+            for run in runs}))
         print(f"interrupted: partial data kept in {where}; run the same command again to resume",
               file=stderr, flush=True)
         return 128 + int(outcome.interrupted_by)
-    final = outcome.final
-    if final is None:
-        return fail("the download ended without a final status")
-    if final.status is not DownloadStatus.COMPLETE:
-        return fail(final.message)
-    if not args.quiet and not args.json:
-        from ._bars import done_line
+    status = EXIT_OK
+    for run in runs:
+        final = run.final
+        prefix = f"{run.text}: " if len(runs) > 1 else ""
+        if final is None:
+            status = fail(f"{prefix}the download ended without a final status")
+            continue
+        if final.status is not DownloadStatus.COMPLETE:
+            status = fail(prefix + final.message)
+            continue
+        if args.output is not None and run.ref.provider != "url":
+            try:
+                final.local_path = str(_place_output(Path(final.local_path or ""), args.output.expanduser()))
+            except OSError as exc:
+                status = fail(f"cannot write {args.output}: {exc.strerror or exc}")
+                continue
+        if not args.quiet and not args.json:
+            from ._bars import done_line
 
-        elapsed = time.monotonic() - started
-        done_line(stderr, final.message, f" in {format_seconds(elapsed)}" if elapsed >= 1 else "")
-    if not args.json:
+            elapsed = time.monotonic() - started
+            done_line(stderr, final.message, f" in {format_seconds(elapsed)}" if elapsed >= 1 else "")
+        if not args.json:
+            try:
+                print(final.local_path, file=stdout, flush=True)
+            except BrokenPipeError:
+                _silence_stdout()
+    return status
+
+
+def _place_output(source: Path, output: Path) -> Path:
+    """The downloaded file at `output` too: a hard link where the file system allows, else a copy."""
+    import shutil
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    real = source.resolve()
+    tmp = output.with_name(f".{output.name}.modelpull-tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(real, tmp)
+    except OSError:
+        shutil.copyfile(real, tmp)
+    os.replace(tmp, output)
+    return output
+
+
+def _dry_run(args: argparse.Namespace, runs: list[_Run], stdout: TextIO, stderr: TextIO) -> int:
+    """The plan of every reference, nothing downloaded: files, sizes, present, to fetch, free disk."""
+    import shutil
+
+    from ._api import plan_download
+    from .providers._local import bytes_on_disk
+    from .transfer import existing_ancestor, partial_paths
+
+    status = EXIT_OK
+    for run in runs:
+        options = {k: v for k, v in run.options.items() if k != "limit_rate"}
         try:
-            print(final.local_path, file=stdout, flush=True)
-        except BrokenPipeError:
-            _silence_stdout()
-    return EXIT_OK
+            plan = asyncio.run(plan_download(run.ref.provider, run.ref.model, token=args.token,
+                                             base_url=args.base_url, **options))
+        except ModelPullError as exc:
+            print(f"error: {run.text}: {cli_words(str(exc))}", file=stderr)
+            status = EXIT_FAILED
+            continue
+        files = []
+        for file in plan.files:
+            part = partial_paths(file.dest)[0]
+            try:
+                partial = 0 if file.present else bytes_on_disk(part.stat())
+            except OSError:
+                partial = 0
+            files.append({"name": file.name, "size": file.size, "present": file.present,
+                          "partial_bytes": partial, "dest": str(file.dest)})
+        needed = sum((f["size"] or 0) - f["partial_bytes"] for f in files if not f["present"])
+        where = existing_ancestor(plan.local_path)
+        free = shutil.disk_usage(where).free
+        summary = {"ref": run.text, "label": plan.label, "local_path": str(plan.local_path), "files": files,
+                   "total_bytes": plan.total_bytes, "to_download_bytes": needed, "free_bytes": free,
+                   "fits": needed <= free}
+        if args.json:
+            stdout.write(json.dumps(summary) + "\n")
+            continue
+        print(f"{plan.label} -> {plan.local_path}", file=stdout)
+        for file in files:
+            state = "present" if file["present"] else (
+                f"partial, {format_bytes(file['partial_bytes'])} here" if file["partial_bytes"] else "to fetch")
+            print(f"  {file['name']}  {format_bytes(file['size'])}  {state}", file=stdout)
+        present = sum(1 for f in files if f["present"])
+        print(f"  {len(files)} file(s), {present} already here; {format_bytes(needed)} to download, "
+              f"{format_bytes(free)} free in {where}" + ("" if needed <= free else "  NOT ENOUGH SPACE"),
+              file=stdout)
+        if needed > free:
+            status = EXIT_FAILED
+    return status
 
 
 def _silence_stdout() -> None:

@@ -176,7 +176,8 @@ class HuggingFaceProvider(Provider):
         endpoint = (request.base_url or configured).rstrip("/")
         # The environment's token belongs to the environment's Hub: a base_url chosen by someone
         # else (an API client of the server) never receives it; its own token= still goes.
-        ambient = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+        # The saved login (`hf auth login`) comes after HF_TOKEN, as huggingface_hub reads them.
+        ambient = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or saved_token()
         token = request.token or (ambient if endpoint == configured else None)
         local_dir = options.get("local_dir")
         cache_dir = options.get("cache_dir")
@@ -253,6 +254,20 @@ class HuggingFaceProvider(Provider):
         )
 
 
+def saved_token() -> str | None:
+    """The login `hf auth login` saved: $HF_TOKEN_PATH, else $HF_HOME/token (read as huggingface_hub reads it)."""
+    path = os.environ.get("HF_TOKEN_PATH")
+    if not path:
+        home = os.environ.get("HF_HOME") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface")
+        path = os.path.join(home, "token")
+    try:
+        token = Path(path).expanduser().read_text().strip()
+    except (OSError, UnicodeError):
+        return None
+    return token or None
+
+
 def select_files(target: HubTarget, listing: RepoListing, options: dict[str, Any]) -> list[RepoFile]:
     """The files `filename` / `allow_patterns` / `ignore_patterns` ask for; entry_not_found if none."""
     where = f"{target.kind.lower()} '{target.repo_id}' at revision '{target.revision}'"
@@ -280,7 +295,7 @@ class HubClient:
         self.target = target
         self.transfer = transfer
         self.policy = policy  # the server's URL policy, asked on every connection huggingface_hub opens
-        # token=False: send exactly the token modelpull resolved, never one from ~/.cache/huggingface.
+        # token=False: send exactly the token modelpull resolved, the saved login only as resolved above.
         self.api = HfApi(endpoint=target.endpoint, token=target.token or False, library_name="modelpull")
         self.timeout = max(transfer.connect_timeout, 10.0)
 
@@ -373,13 +388,13 @@ class HubClient:
                     f"{name} is gated and your Hugging Face token has no access to it yet: request access "
                     f"at {target.page} and retry once it is granted", code="gated_no_access")
             return AuthenticationRequired(
-                f"{name} is gated: provide a Hugging Face token with token= or HF_TOKEN "
+                f"{name} is gated: provide a Hugging Face token with token= or HF_TOKEN (or `hf auth login`) "
                 f"(after requesting access at {target.page})", code="gated_repo")
         if isinstance(exc, RevisionNotFoundError):
             return NotFound(f"Revision '{target.revision}' not found in {target.kind.lower()} '{target.repo_id}' "
                             "on Hugging Face Hub", code="revision_not_found")
         if isinstance(exc, RepositoryNotFoundError):
-            hint = ("; if it is private, provide a token with token= or HF_TOKEN" if not target.token
+            hint = ("; if it is private, provide a token with token= or HF_TOKEN (or `hf auth login`)" if not target.token
                     else "; if it is private, check that your token can read it")
             return NotFound(f"{name} not found on Hugging Face Hub{hint}", code="repo_not_found")
         if isinstance(exc, EntryNotFoundError):
@@ -390,9 +405,11 @@ class HubClient:
         if status == 401:
             if target.token:
                 return AuthenticationRequired(
-                    "The Hugging Face token was rejected (invalid or expired): check token= or HF_TOKEN",
+                    "The Hugging Face token was rejected (invalid or expired): check token=, HF_TOKEN or the saved "
+                    "login (`hf auth login`)",
                     code="invalid_token")
-            return AuthenticationRequired(f"{name} needs a Hugging Face token: provide one with token= or HF_TOKEN")
+            return AuthenticationRequired(
+                f"{name} needs a Hugging Face token: provide one with token= or HF_TOKEN (or `hf auth login`)")
         if status == 403:
             return AccessDenied(f"The Hugging Face Hub refused access to {name} (HTTP 403)")
         if status == 429:

@@ -11,8 +11,9 @@ lists and runs the model. It is used with `direct=True`, and on its own when no 
 address was given (no `base_url`, no OLLAMA_HOST) and nothing answers at the default one.
 
 Options: `direct` (True / False / None = decide), `registry` (registry base URL, default
-https://<host of the name>), `models_path` (the store; default OLLAMA_MODELS, else
-~/.ollama/models).
+https://<host of the name>), `insecure` (plain http to the registry, as `ollama pull --insecure`;
+through a server it is passed on in /api/pull), `models_path` (the store; default
+OLLAMA_MODELS, else ~/.ollama/models).
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ class OllamaProvider(Provider):
     """Ollama models, through a running Ollama server or straight from the registry."""
 
     name = "ollama"
-    option_names = frozenset({"direct", "registry", "models_path"})
+    option_names = frozenset({"direct", "registry", "models_path", "insecure"})
 
     def describe(self, request: DownloadRequest) -> str:
         return f"{OllamaName.parse(request.model).display} from Ollama"
@@ -109,7 +110,8 @@ class OllamaProvider(Provider):
         server, chosen = server_url(request.base_url)
         try:
             # aclosing: when our consumer stops, the pull's response is closed now, not at GC.
-            pull = _ServerPull(name, request.model, server, context, request.options.get("registry"))
+            pull = _ServerPull(name, request.model, server, context, request.options.get("registry"),
+                               insecure=bool(request.options.get("insecure")))
             async with contextlib.aclosing(pull.run()) as items:
                 async for item in items:
                     yield item
@@ -132,7 +134,8 @@ class OllamaProvider(Provider):
         """Direct mode: the manifest's blobs as files of Ollama's store, the manifest written last."""
         name = OllamaName.parse(request.model)
         store = store_root(request.options.get("models_path"))
-        registry = _Registry(name, request.options.get("registry"), request.token, context)
+        registry = _Registry(name, request.options.get("registry"), request.token, context,
+                             insecure=bool(request.options.get("insecure")))
         raw_manifest = await registry.manifest()
         blobs = _manifest_blobs(raw_manifest, name)
         files = []
@@ -220,9 +223,12 @@ def _write_atomically(path: Path, data: bytes) -> None:
 class _Registry:
     """Manifest and blob URLs of one repository, with the Bearer-token dance on a 401."""
 
-    def __init__(self, name: OllamaName, base: str | None, token: str | None, context: "RunContext") -> None:
+    def __init__(self, name: OllamaName, base: str | None, token: str | None, context: "RunContext", *,
+                 insecure: bool = False) -> None:
         self.name = name
-        self.base = _with_scheme(base).rstrip("/") if base else f"https://{name.host}"
+        # As `ollama pull --insecure`: plain http only when asked for (or named by the URL itself).
+        scheme = "http" if insecure else "https"
+        self.base = (base if "://" in base else f"{scheme}://{base}").rstrip("/") if base else f"{scheme}://{name.host}"
         self.context = context
         self.auth_headers: dict[str, str] = {"Authorization": f"Bearer {token}"} if token else {}
         options = context.transfer
@@ -376,8 +382,10 @@ class _ServerPull:
     """One POST /api/pull, its NDJSON lines turned into progress items."""
 
     def __init__(
-        self, name: OllamaName, model: str, server: str, context: "RunContext", registry: str | None = None
+        self, name: OllamaName, model: str, server: str, context: "RunContext", registry: str | None = None,
+        *, insecure: bool = False,
     ) -> None:
+        self.insecure = insecure
         self.name = name
         self.model = model
         self.server = server
@@ -425,7 +433,8 @@ class _ServerPull:
         try:
             response, _ = await open_following_redirects(
                 self.context.session, f"{self.server}/api/pull", {}, method="POST",
-                json={"model": self.model, "stream": True}, timeout=timeout,
+                json={"model": self.model, "stream": True, **({"insecure": True} if self.insecure else {})},
+                timeout=timeout,
             )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             if unknown_host(exc):

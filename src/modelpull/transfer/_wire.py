@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from ._http import USER_AGENT
 from ._policy import AddressCheck, AddressRefused, check_name, connect
+from ._rate import RateLimit
 
 _IDLE_PER_HOST = 16
 
@@ -171,7 +172,10 @@ class WireResponse:
         self.content_length = int(length) if length.strip().isdigit() and not raw.chunked else None
 
     def readinto1(self, view: memoryview) -> int:
-        return self._raw.readinto1(view)
+        count = self._raw.readinto1(view)
+        if count and self._wire.rate_limit is not None:
+            self._wire.rate_limit.take(count)  # blocks this I/O thread while over the cap
+        return count
 
     @property
     def finished(self) -> bool:
@@ -221,8 +225,10 @@ class Wire:
         connect_timeout: float = 30.0,
         limit_per_host: int = 0,
         check: AddressCheck | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
+        self.rate_limit = rate_limit
         self.limit_per_host = limit_per_host
         self.check = check
         self._lock = threading.Lock()

@@ -146,7 +146,9 @@
         await refresh();
       } else if (action === "verify") {
         const job = await call("POST", `${modelPath(id)}/verify`);
-        state.verifications.set(id, job);
+        // Its events may have come down the stream before this answer: keep the newest state.
+        const known = state.verifications.get(id);
+        if (!known || known.id !== job.id) state.verifications.set(id, job);
         render();
       }
     } catch (error) {
