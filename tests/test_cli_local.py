@@ -1,6 +1,7 @@
 """`modelpull list / show / verify / rm / prune`, run as real subprocesses over real layouts."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -149,10 +150,14 @@ def test_rm_is_refused_while_a_server_engine_uses_the_model(home, file_server):
 
     data = make_gguf(20_000)
     pull_url(file_server.add_file("/chat.gguf", data), home, data)
-    store = SQLiteJobStore(home / ".modelpull" / "state.db")
-    store.save_engine({"engine_id": "chat", "status": "loaded", "local_path": str(home / "chat.gguf"),
-                       "created_at": 1})
-    store.close()
+    async def register_engine() -> None:  # what a server using this MODELPULL_HOME keeps
+        store = SQLiteJobStore(home / ".modelpull" / "state.db")
+        await store.open()
+        store.save_engine({"engine_id": "chat", "status": "loaded", "local_path": str(home / "chat.gguf"),
+                           "created_at": 1})
+        await store.close()
+
+    asyncio.run(register_engine())
 
     refused = cli("rm", "chat.gguf", "-y")
 

@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import json
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 from ._errors import ModelPullError
@@ -92,7 +93,10 @@ def _server_uses() -> list:
     from ._inventory import uses_from_records
     from ._settings import Settings
 
-    path = Settings.from_env().database_path
+    settings = Settings.from_env()
+    if settings.shared_database:  # a PostgreSQL store: the replicas' own `DELETE /local-models` checks it
+        return []
+    path = Path(settings.database_url)
     if not path.is_file():
         return []
     from .server.store import read_records
