@@ -217,3 +217,21 @@ async def test_a_url_download_is_listed_with_its_source_verified_and_removed_wit
     assert not (tmp_path / "model.gguf").exists()
     assert not (tmp_path / ".modelpull" / "sources" / "model.gguf.json").exists()
     assert inventory.models() == []
+
+
+async def test_a_file_another_process_is_downloading_is_not_removed(file_server, tmp_path):
+    from modelpull.transfer._lock import DestinationLock, default_lock_path
+
+    url = file_server.add_file("/busy.bin", b"b" * 10_000)
+    await pulled("url", url, models_dir=str(tmp_path))
+    inventory = Inventory(roots={"url": [tmp_path]})
+    (model,) = inventory.models()
+    lock = DestinationLock(default_lock_path(tmp_path / "busy.bin"))  # what a writing download holds
+    assert lock.try_acquire()
+    try:
+        with pytest.raises(InUse, match="a download is writing busy.bin"):
+            inventory.remove(model)
+    finally:
+        lock.release()
+    inventory.remove(model)
+    assert not (tmp_path / "busy.bin").exists()

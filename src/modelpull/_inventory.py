@@ -170,8 +170,7 @@ class Inventory:
     def in_use(self, model: LocalModel) -> str | None:
         """Who uses `model` (a sentence naming it), or None."""
         store = self._store_of(model)
-        busy = getattr(store, "busy", None)
-        reason = busy(model) if busy is not None else None
+        reason = store.busy(model) if store is not None else None
         if reason:
             return reason
         held = [Path(os.path.realpath(p)) for p in store.open_paths(model)] if store else []

@@ -32,8 +32,8 @@ from pathlib import Path
 from .._paths import confined
 from ..transfer import replace_durably, write_durably
 from ._local import (
-    COMPLETE, PARTIAL, Leftover, LocalFile, LocalModel, LocalStore, RepairPlan, bytes_on_disk, partial_companions,
-    partial_files, unlink_quietly,
+    COMPLETE, PARTIAL, Leftover, LocalFile, LocalModel, LocalStore, RepairPlan, bytes_on_disk, final_path, is_locked,
+    partial_companions, partial_files, unlink_quietly,
 )
 
 CACHEDIR_TAG = (
@@ -401,11 +401,13 @@ class HubCacheStore(LocalStore):
         return RepairPlan("huggingface", model.name, options, remove)
 
     def busy(self, model: LocalModel) -> str | None:
-        """A blob huggingface_hub is writing right now (its lock is held), if any."""
+        """A blob being written right now: huggingface_hub and modelpull both hold
+        `.locks/<repo folder>/<etag>.lock` while they write one."""
         locks = self.root / ".locks" / self._repo_dir(model).name
         for file in model.files:
-            if file.name and _etag(file) and is_locked(locks / f"{_etag(file)}.lock"):
-                return f"huggingface_hub is downloading {file.name} of {model.name}"
+            etag = _etag(file) or final_path(file.path).name
+            if is_locked(locks / f"{etag}.lock"):
+                return f"a download is writing {file.name} of {model.name}"
         return None
 
 
@@ -433,21 +435,6 @@ def _remove_empty(repo_dir: Path) -> None:
 def glob_escape(path: str) -> str:
     """A file path as an fnmatch pattern matching only itself."""
     return re.sub(r"([*?\[])", r"[\1]", path)
-
-
-def is_locked(lock: Path) -> bool:
-    """True when another process holds the flock on `lock` (filelock's lock, as huggingface_hub takes it)."""
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def sweep_shared_blob(cache_dir: Path, store_path: Path) -> int:

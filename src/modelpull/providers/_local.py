@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import fcntl
 import os
 import stat
 import time
@@ -137,11 +138,20 @@ class LocalStore(abc.ABC):
         """How to fetch `bad` again, or None when the source is not known well enough."""
         return None
 
+    def busy(self, model: LocalModel) -> str | None:
+        """A download (of any process) writing one of the model's files right now, if any: the
+        transfer engine holds `.<name>.lock` beside each file it writes."""
+        for file in model.files:
+            dest = final_path(file.path)
+            if is_locked(dest.with_name(f".{dest.name}.lock")):
+                return f"a download is writing {dest.name}"
+        return None
+
     def open_paths(self, model: LocalModel) -> list[Path]:
         """Paths a running engine or download of this model would hold (for "in use" checks)."""
         paths = [model.location, *(f.path for f in model.files), *(f.link for f in model.files if f.link)]
         if model.status == PARTIAL:  # a partial is held by whoever writes its final file
-            paths += [p.with_name(p.name.removesuffix(".part").removesuffix(".incomplete")) for p in paths]
+            paths += [final_path(p) for p in paths]
         return paths
 
 
@@ -171,13 +181,32 @@ def partial_files(folder: Path) -> list[tuple[Path, os.stat_result]]:
     return found
 
 
+def final_path(path: Path) -> Path:
+    """Where a partial's data goes once complete (the path itself for a finished file)."""
+    return path.with_name(path.name.removesuffix(".part").removesuffix(".incomplete"))
+
+
 def partial_companions(part: Path) -> list[Path]:
-    """A partial and the bookkeeping files written beside it (state, lock), those that exist."""
+    """A partial and the bookkeeping files written beside it (state, the engine's lock), those that exist."""
     base = part.name
-    names = [base, f"{base}.state", f"{base}.lock"]
-    if base.endswith(".part"):
-        names.append(f"{base[:-len('.part')]}.lock")
+    names = [base, f"{base}.state", f".{final_path(part).name}.lock"]
     return [part.with_name(n) for n in names if part.with_name(n).exists()]
+
+
+def is_locked(lock: Path) -> bool:
+    """True when another process or thread holds the flock on `lock` (filelock's FileLock, which the
+    transfer engine and huggingface_hub take while they write)."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def unlink_quietly(path: Path) -> int:
