@@ -421,7 +421,7 @@ class _ServerPull:
         """Ask the registry for the manifest (as the server does), for the layers' sizes. Best
         effort, alongside the pull: without it the percent is over the layers named so far."""
         try:
-            raw = await _Registry(self.name, self.registry, None, self.context).manifest()
+            raw = await _Registry(self.name, self.registry, None, self.context, insecure=self.insecure).manifest()
             self.expected = {digest: size for _, digest, size in _manifest_blobs(raw, self.name)}
         except asyncio.CancelledError:
             raise
