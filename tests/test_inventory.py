@@ -235,3 +235,16 @@ async def test_a_file_another_process_is_downloading_is_not_removed(file_server,
         lock.release()
     inventory.remove(model)
     assert not (tmp_path / "busy.bin").exists()
+
+
+def test_a_model_file_put_in_the_folder_by_hand_is_listed_and_removable(tmp_path):
+    (tmp_path / "mine.gguf").write_bytes(b"GGUF" + b"\0" * 100)
+    (tmp_path / ".hidden").write_bytes(b"x")
+    inventory = Inventory(roots={"url": [tmp_path]})
+
+    (model,) = inventory.models()
+
+    assert model.id == "file:mine.gguf" and model.size_on_disk == 104 and model.source is None
+    assert inventory.verify([model])[0].status == "unchecked"
+    inventory.remove(model)
+    assert not (tmp_path / "mine.gguf").exists() and (tmp_path / ".hidden").exists()

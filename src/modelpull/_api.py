@@ -48,22 +48,26 @@ async def download_model(
                         file), allow_patterns / ignore_patterns (globs, a string or a list),
                         repo_type ("model" or "dataset"), cache_dir (another Hub cache),
                         local_dir (plain files in this folder instead of the cache)
-                        token: token=, else HF_TOKEN; base_url: a Hub mirror (else HF_ENDPOINT)
+                        token: token=, else HF_TOKEN, else the saved `hf auth login` (HF_TOKEN_PATH,
+                        $HF_HOME/token); base_url: a Hub mirror (else HF_ENDPOINT)
         "mlx"           an MLX model: "name" means "mlx-community/name", or "org/name";
                         the Hugging Face options; the repo is checked to be an MLX model
         "ollama"        "name[:tag]" or "host/namespace/name:tag"
                         options: direct (True: from the registry into Ollama's store without a
                         running Ollama; False: only through the server; None: through the server
                         at base_url / OLLAMA_HOST / localhost:11434, else direct), registry (the
-                        registry's base URL), models_path (the store; default OLLAMA_MODELS, else
-                        ~/.ollama/models)
+                        registry's base URL), insecure (True: plain http to the registry, as
+                        `ollama pull --insecure`), models_path (the store; default OLLAMA_MODELS,
+                        else ~/.ollama/models)
 
     Options for every provider: models_dir (where "url" downloads land; default
     MODELPULL_HOME or ./models) and the transfer options: connections (per large file, 8),
     multipart_threshold (bytes before a file is split, 64 MiB), piece_size, stall_timeout
     (seconds without a byte before reconnecting, 30), connect_timeout, max_retries (failures in
     a row before giving up, 5), retry_backoff, retry_max_delay, max_concurrent_files (4),
-    sha256 (expected digest of a one-file download: a mismatch deletes the file and fails).
+    sha256 (expected digest of a one-file download: a mismatch deletes the file and fails),
+    limit_rate (bytes per second for all connections of the call; a shared
+    `modelpull.transfer._rate.RateLimit` caps several calls together).
     Any other name: an ERROR item with code "invalid_request" naming the known ones.
 
     Each `DownloadProgress` has: status (QUEUED, STARTING, DOWNLOADING, PAUSED, VERIFYING,
@@ -86,7 +90,9 @@ async def download_model(
     url_not_allowed, unsafe_path (a name from the source would land outside its folder),
     too_many_redirects, bad_redirect, bad_response, bad_manifest, unstable_source,
     registry_error, ollama_error, incomplete_stream, incomplete, transfer_failed,
-    not_mlx_model, internal_error [ModelPullError and subclasses].
+    not_mlx_model, internal_error [ModelPullError and subclasses]. Models already on disk
+    (modelpull._inventory: list, verify, rm): local_model_not_found, model_in_use,
+    cannot_repair.
 
     Example:
 

@@ -424,7 +424,8 @@ def pull(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             continue
         if args.output is not None and run.ref.provider != "url":
             try:
-                final.local_path = str(_place_output(Path(final.local_path or ""), args.output.expanduser()))
+                output = args.output.expanduser().absolute()
+                final.local_path = str(_place_output(Path(final.local_path or ""), output))
             except OSError as exc:
                 status = fail(f"cannot write {args.output}: {exc.strerror or exc}")
                 continue

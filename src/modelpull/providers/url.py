@@ -209,6 +209,9 @@ def _disambiguated(name: str, url: str) -> str:
     return f"{stem}-{tag}.{suffix}" if dot and stem else f"{name}-{tag}"
 
 
+_BOOKKEEPING_SUFFIXES = (".part", ".state", ".lock", ".tmp", ".incomplete")
+
+
 class UrlFolder(LocalStore):
     """The files URL downloads put in one folder, each named in its source record."""
 
@@ -267,10 +270,34 @@ class UrlFolder(LocalStore):
                 modified=info.st_mtime if info else 0.0, last_used=info.st_atime if info else None,
                 aliases=[name, str(path), *([url] if url else [])], store=self.root,
             ))
+        models.extend(self._files_put_here(set(records) | partial_names))
         return models
+
+    def _files_put_here(self, known: set[str]) -> list[LocalModel]:
+        """Model files in the folder without a record (copied there by hand): `file:<name>`."""
+        found = []
+        try:
+            entries = sorted(os.scandir(self.root), key=lambda e: e.name)
+        except OSError:
+            return found
+        for entry in entries:
+            name = entry.name
+            if name in known or name.startswith(".") or name.endswith(_BOOKKEEPING_SUFFIXES) \
+                    or not entry.is_file(follow_symlinks=False):
+                continue
+            info = entry.stat(follow_symlinks=False)
+            path = Path(entry.path)
+            found.append(LocalModel(
+                id=f"file:{name}", provider=self.provider, name=name, location=path,
+                files=[LocalFile(name, path, info.st_size)], size_on_disk=info.st_size, modified=info.st_mtime,
+                last_used=info.st_atime, aliases=[name, str(path)], store=self.root,
+            ))
+        return found
 
     def remove(self, model: LocalModel) -> int:
         name = model.name
+        if model.id.startswith("file:"):
+            return unlink_quietly(self.root / name)
         freed = 0
         if model.status == PARTIAL:
             freed += sum(unlink_quietly(p) for p in partial_companions(model.location))
@@ -291,7 +318,8 @@ class UrlFolder(LocalStore):
         url = record.get("url")
         # The record keeps the URL without its query (signatures, tokens): only a URL that had
         # none can be fetched again from it.
-        if model.status != COMPLETE or not isinstance(url, str) or _url_key(url) != record.get("url_sha256"):
+        if model.status != COMPLETE or not isinstance(url, str) or _url_key(url) != record.get("url_sha256") \
+                or model.id.startswith("file:"):
             return None
         options = {"dest": str(self.root), "filename": model.name}
         if record.get("sha256"):
