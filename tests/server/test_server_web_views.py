@@ -108,3 +108,20 @@ def test_serve_tells_a_person_where_the_page_and_the_api_docs_are(spawn_server, 
     assert banner[3] == f"  models in: {models}"
     assert server.client.get("/").status_code == 200
     assert server.client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_cancelling_a_paused_hub_download_honours_keep_or_delete(fake_hub, hf_env, start_server, keep):
+    fake_hub.add_repo("org/paused", {"config.json": b"{}", "model.safetensors": random_bytes(1_500_000, seed=9)})
+    fake_hub.cdn_rate = 150_000
+    server = start_server()
+    job = server.submit("hf:org/paused")["id"]
+    server.wait_bytes(job, 100_000)
+    assert server.client.post(f"/downloads/{job}/pause").status_code == 200
+    blobs = server.settings.home / "huggingface" / "hub" / "models--org--paused" / "blobs"
+    assert eventually(lambda: not server.manager.running_transfers and list(blobs.glob("*.part")))
+
+    answer = server.client.post(f"/downloads/{job}/cancel", params={"keep_partial": str(keep).lower()})
+
+    assert answer.status_code == 200 and answer.json()["previous_status"] == "paused"
+    assert bool(list(blobs.glob("*.part"))) is keep

@@ -605,11 +605,14 @@ class DownloadManager:
         self._refresh_shared()
 
     def _discard_partial(self, job: Job) -> None:
-        """Delete a paused URL job's partial file, unless another transfer is writing it."""
-        if job.provider != "url" or not job.local_path or job.lock_key in self._locks:
+        """Delete a paused job's partial data, unless another transfer is writing it: a URL's file,
+        or the unfinished blobs of a Hub repo's cache folder (Ollama's store is shared by every
+        model, so its partial blobs stay)."""
+        if job.lock_key in self._locks:
             return
-        with contextlib.suppress(OSError, ModelPullError):
-            discard_partial(Path(job.local_path))
+        for dest in _partial_destinations(job):
+            with contextlib.suppress(OSError, ModelPullError):
+                discard_partial(dest)
 
     # ------------------------------------------------------------------ scheduling
 
@@ -1011,6 +1014,19 @@ class DownloadManager:
 
 def _new_id() -> str:
     return "dl-" + secrets.token_hex(6)
+
+
+def _partial_destinations(job: Job) -> list[Path]:
+    """The files whose partial data a paused job may have left."""
+    if job.provider == "url":
+        return [Path(job.local_path)] if job.local_path else []
+    if job.provider in ("huggingface", "mlx") and "local_dir" not in job.options:
+        try:
+            folder = Path(_api.data_location(job.provider, job.model, job.base_url, **job.options))
+        except (ValueError, ModelPullError):
+            return []
+        return [part.with_name(part.name.removesuffix(".part")) for part in (folder / "blobs").glob("*.part")]
+    return []
 
 
 def _ordinal(number: int) -> str:
