@@ -159,11 +159,15 @@ class Job:
         self.error_message = None
         self.finished_at = None
 
-    def touch(self) -> None:
+    def touch(self, stored: bool = True) -> None:
+        """Mark a change: published soon, and written to the store unless it is only a view of
+        this replica's (`stored=False`: a queue position; another replica's job is not ours to
+        write, and its `updated_at` must stay the store's)."""
         self.revision += 1
-        self.updated_at = now_ms()
         self.dirty = True
-        self.unsaved = True
+        if stored:
+            self.updated_at = now_ms()
+            self.unsaved = True
 
     # ---- views -----------------------------------------------------------------------
 

@@ -393,11 +393,14 @@ class DownloadManager:
             raise ApiError(503, f"The job store is unavailable: {exc}", code="store_unavailable") from None
         job.unsaved = False
         self._publish(job)
-        # Claim at once: a job of a source moving here follows it before the answer goes out.
-        try:
-            await self._claim_work()
-        except StoreError:
-            self._schedule()
+        # Claim at once when this replica can take it (a free slot, or its source moving here:
+        # it follows before the answer goes out); otherwise the scheduler's next look.
+        if len(self._running) < self.settings.max_active_jobs or job.source_key in self._transfers:
+            try:
+                await self._claim_work()
+            except StoreError:
+                pass
+        self._schedule()
 
     # ------------------------------------------------------------------ engines
 
@@ -672,13 +675,14 @@ class DownloadManager:
             if job.queue_position != position:
                 job.queue_position = position
                 job.message = f"Queued: {_ordinal(position)} in line"
-                job.touch()
+                job.touch(stored=False)
 
     def _merge(self, record: dict[str, Any], *, claimed: bool = False) -> Job | None:
         """Bring the store's record of a job into `jobs` (in place: streams hold the object).
 
         A job running here is this replica's to change: the store's copy is older. A change made
-        here and not yet written (newer `updated_at`) wins over a claimed record too."""
+        here and not yet written (newer `updated_at`) wins over a claimed record too; a record no
+        newer than the job is a change already seen."""
         job = self.jobs.get(record.get("id", ""))
         if job is None:
             try:
@@ -688,8 +692,8 @@ class DownloadManager:
                 return None
             self.jobs[job.id] = job
             return job
-        if self._transfer_of(job) is not None or job.updated_at > record.get("updated_at", 0):
-            return job
+        if self._transfer_of(job) is not None or job.updated_at >= record.get("updated_at", 0):
+            return job  # ours, or nothing newer than what we hold
         job.merge_record(record)
         return job
 
@@ -940,17 +944,20 @@ class DownloadManager:
     async def _heartbeat_loop(self) -> None:
         """Renew this replica's leases; stop what another replica took over; apply the pauses and
         cancels other replicas asked for."""
+        renewed = True
         while True:
-            await asyncio.sleep(self.store.lease_seconds / 3)
-            await self.heartbeat()
+            # A failed renewal is tried again within a second: the lease is running out.
+            await asyncio.sleep(self.store.lease_seconds / 3 if renewed else 1.0)
+            renewed = await self.heartbeat()
 
-    async def heartbeat(self) -> None:
+    async def heartbeat(self) -> bool:
+        """Renew the leases now (False when the store could not be reached)."""
         running = set(self.running_job_ids())
         try:
             owned, controls = await self.store.heartbeat()
         except StoreError as exc:
             log.warning("cannot renew leases: the store is unavailable", extra={"reason": str(exc)})
-            return
+            return False
         for job_id in running - owned:
             job = self.jobs.get(job_id)
             transfer = self._transfer_of(job) if job is not None else None
@@ -959,6 +966,7 @@ class DownloadManager:
                 self._detach(job, transfer, discard=False)
         for job_id, action in controls:
             self.apply_control(job_id, action)
+        return True
 
     async def _flush_loop(self) -> None:
         """Publish coalesced progress and write it to the store, a few times a second."""

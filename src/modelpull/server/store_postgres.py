@@ -134,7 +134,7 @@ class PostgresJobStore(JobStore):
         finally:
             await conn.close()
         self._pool = psycopg_pool.AsyncConnectionPool(
-            self.url, min_size=1, max_size=4, open=False, timeout=CONNECT_TIMEOUT, name="modelpull",
+            self.url, min_size=2, max_size=8, open=False, timeout=CONNECT_TIMEOUT, name="modelpull",
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
             check=psycopg_pool.AsyncConnectionPool.check_connection,
         )
@@ -250,7 +250,7 @@ class PostgresJobStore(JobStore):
 
     async def _save(self, conn: Any, records: list[dict[str, Any]], owned: set[str]) -> None:
         latest = {r["id"]: r for r in records}  # one row may not be updated twice in one statement
-        rows = list(latest.values())
+        rows = sorted(latest.values(), key=lambda r: r["id"])  # rows locked in id order, as everywhere
         me = self.replica_id
         cursor = await conn.execute(_SAVE, {
             "ids": [r["id"] for r in rows], "statuses": [r["status"] for r in rows],
@@ -290,6 +290,8 @@ class PostgresJobStore(JobStore):
                 try:
                     async with self._pool.connection() as conn, conn.transaction():
                         await self._apply(conn, writes)
+                except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                    continue  # another transaction won: write again at once
                 except (psycopg.Error, psycopg_pool.PoolTimeout, OSError) as exc:
                     if self._writer_ok:
                         log.warning("cannot write to the database; retrying every second",
@@ -346,11 +348,24 @@ class PostgresJobStore(JobStore):
         with self._errors():
             async with self._pool.connection() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
-                cursor = await conn.execute(
-                    "SELECT id, source_key, lock_key FROM modelpull_jobs WHERE status = ANY(%s) "
-                    "AND (owner IS NULL OR (owner = %s AND status = 'queued') OR lease_expires < now()) "
-                    "ORDER BY created_at, id LIMIT 1000 FOR UPDATE SKIP LOCKED", (list(CLAIMABLE), me))
-                candidates = [Candidate(*row) for row in await cursor.fetchall()]
+                # Followers of the sources moving here, then the oldest others (a window, not the
+                # whole queue: every candidate row stays locked until the claim commits).
+                claimable = ("status = ANY(%s) AND (owner IS NULL OR (owner = %s AND status = 'queued') "
+                             "OR lease_expires < now())")
+                candidates: list[Candidate] = []
+                if follow_source_keys:
+                    cursor = await conn.execute(
+                        f"SELECT id, source_key, lock_key FROM modelpull_jobs WHERE {claimable} "
+                        "AND source_key = ANY(%s) ORDER BY created_at, id FOR UPDATE SKIP LOCKED",
+                        (list(CLAIMABLE), me, list(follow_source_keys)))
+                    candidates += [Candidate(*row) for row in await cursor.fetchall()]
+                if limit > 0:
+                    cursor = await conn.execute(
+                        f"SELECT id, source_key, lock_key FROM modelpull_jobs WHERE {claimable} "
+                        "ORDER BY created_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
+                        (list(CLAIMABLE), me, 20 + 10 * limit))
+                    seen = {c.id for c in candidates}
+                    candidates += [Candidate(*row) for row in await cursor.fetchall() if row[0] not in seen]
                 if not candidates:
                     return []
                 cursor = await conn.execute(
@@ -369,7 +384,7 @@ class PostgresJobStore(JobStore):
 
     async def heartbeat(self) -> tuple[set[str], list[tuple[str, str]]]:
         rows = await self._fetch(
-            "WITH mine AS (SELECT id, control FROM modelpull_jobs WHERE owner = %s FOR UPDATE) "
+            "WITH mine AS (SELECT id, control FROM modelpull_jobs WHERE owner = %s ORDER BY id FOR UPDATE) "
             "UPDATE modelpull_jobs j SET lease_expires = now() + make_interval(secs => %s), control = NULL "
             "FROM mine WHERE j.id = mine.id RETURNING j.id, mine.control", (self.replica_id, self.lease_seconds))
         return {r[0] for r in rows}, [(r[0], r[1]) for r in rows if r[1]]
