@@ -79,7 +79,7 @@ class Replica:
              "--allow-private-urls", "--log-level", "warning"],
             stdout=self._log, stderr=self._log, env=env, cwd=str(logs))
         self.replica_id = ""
-        self.latencies: dict[str, list[float]] = {"downloads": [], "progress": []}
+        self.latencies: dict[str, list[float]] = {"downloads": [], "progress": [], "health": []}
         self.alive = True
 
     def wait_ready(self) -> None:
@@ -112,11 +112,13 @@ class Replica:
 
 
 def measure_api(replica: Replica, ids: list[str], stop: threading.Event) -> None:
-    """Both routes, ten times a second each, until `stop` (or the replica is killed)."""
+    """Both routes (and /health, the baseline: what the machine and the event loop add to any
+    call), ten times a second each, until `stop` (or the replica is killed)."""
     rng = random.Random(replica.index)
     with httpx.Client(base_url=replica.url, timeout=10) as client:
         while not stop.is_set() and replica.alive:
-            for name, path in (("downloads", "/downloads"), ("progress", f"/download-progress/{rng.choice(ids)}")):
+            for name, path in (("downloads", "/downloads"), ("progress", f"/download-progress/{rng.choice(ids)}"),
+                               ("health", "/health")):
                 started = time.perf_counter()
                 try:
                     response = client.get(path)
@@ -255,12 +257,15 @@ def main() -> int:
         for replica in replicas:
             if replica is victim:
                 continue
-            for name in ("downloads", "progress"):
+            for name, route in (("downloads", "GET /downloads"), ("progress", "GET /download-progress/{id}"),
+                                ("health", "GET /health (baseline)")):
                 lat = replica.latencies[name]
-                rows.append([f"replica {replica.index}", "GET /downloads" if name == "downloads"
-                             else "GET /download-progress/{id}", len(lat), f"{statistics.median(lat):.1f}",
+                rows.append([f"replica {replica.index}", route, len(lat), f"{statistics.median(lat):.1f}",
                              f"{percentile(lat, 99):.1f}", f"{max(lat):.1f}"])
         print(_nginx.format_table(["replica", "route", "requests", "p50 ms", "p99 ms", "max ms"], rows))
+        fixed = 4 * args.jobs  # per job: the insert, the claim, the start, the end
+        print(f"PostgreSQL: progress writes alone (all but 4 per job) = "
+              f"{(total_writes - fixed) / running_seconds:.2f} writes/s per running job")
         print(f"PostgreSQL: {total_writes} row writes to modelpull_jobs over {running_seconds:.0f} job-seconds "
               f"of running = {total_writes / running_seconds:.2f} writes/s per running job "
               f"({total_writes / args.jobs:.1f} per job, the insert, claim and end included)")

@@ -120,6 +120,7 @@ class DownloadManager:
         self._wire: Wire | None = None
         self._wake = asyncio.Event()  # something to claim, maybe
         self._claiming = asyncio.Lock()
+        self._queue_moved = False  # queue positions to renumber
         self.feed = ChangeFeed(self)
         self._background: list[asyncio.Task] = []
         self._closing = False
@@ -663,7 +664,7 @@ class DownloadManager:
             else:
                 released.append(job)
         self._save(released, release=True)
-        self._number_queue()
+        self._queue_moved = True
         if resumed:
             log.info("resuming unfinished downloads", extra={"count": len(resumed), "job_ids": resumed[:20]})
 
@@ -705,7 +706,7 @@ class DownloadManager:
         job = self._merge(record)
         if job is None or self._transfer_of(job) is not None:
             return
-        self._number_queue()
+        self._queue_moved = True
         if not known or job.dirty:
             self._publish(job)
         if job.status == J.QUEUED:
@@ -974,6 +975,9 @@ class DownloadManager:
         while True:
             await asyncio.sleep(PUBLISH_INTERVAL)
             now = time.monotonic()
+            if self._queue_moved:  # numbered here, a few times a second, not on every change
+                self._queue_moved = False
+                self._number_queue()
             for job in list(self.jobs.values()):
                 if job.dirty and now - job.last_published >= PUBLISH_INTERVAL:
                     self._publish(job)
