@@ -3,7 +3,7 @@
     .venv/bin/python tests/browser/screenshot.py [docs/screenshot.png] [--width 1280]
     .venv/bin/python tests/browser/screenshot.py docs/screenshot-phone.png --width 390 --height 844
 
-With --height, one screen (at twice the pixels, as a phone shows it) scrolled to the downloads;
+With --height, one screen (at twice the pixels, as a phone shows it) from the Hub repo's card;
 without it, the whole page with the form's options open.
 
 Two downloads running (a Hugging Face repo of several files, each with its own bar, and a GGUF
@@ -113,8 +113,8 @@ def main() -> None:
                 wait_for(server, "qwen-1.5b", lambda job: (job["percent"] or 0) > 30 and job["eta_seconds"])
                 wait_for(server, "llama-3.2-3b", lambda job: (job["percent"] or 0) > 30 and job["eta_seconds"])
                 page.wait_for_timeout(400)  # the next progress event has reached the page
-                if args.height:
-                    page.locator("#jobs-title").evaluate("title => title.scrollIntoView()")
+                if args.height:  # the Hub repo's card: its file list, then the queued ones
+                    page.locator('li.card[data-key="job:qwen-1.5b"]').evaluate("card => card.scrollIntoView()")
                 page.screenshot(path=args.output, full_page=not args.height)
                 browser.close()
     print(f"wrote {args.output}")
