@@ -714,8 +714,8 @@ class DownloadManager:
 
     def job_removed_elsewhere(self, job_id: str) -> None:
         job = self.jobs.get(job_id)
-        if job is None or self._transfer_of(job) is not None:
-            return
+        if job is None or job.unsaved or self._transfer_of(job) is not None:
+            return  # gone already, or ours: running here, or just submitted and not yet stored
         self._forget([job])
 
     def _attach(self, job: Job, transfer: Transfer) -> None:
