@@ -90,8 +90,9 @@ class PieceState:
     """The pieces of one partial download: what is written (memory) and what is claimed (disk).
 
     `done[i]` / `crcs[i]`: bytes written to the data file and their crc32c, updated by the
-    thread that wrote them (`advance`). `claim()` writes those values down; the engine calls
-    it only after an fdatasync of the data file, so the state never runs ahead of the data.
+    engine's thread that wrote them. `claim()` writes values down; the engine calls it only
+    with values taken before an fdatasync of the data file, so the state never runs ahead of
+    the data.
     """
 
     def __init__(self, path: Path, layout: Layout, done: list[int], crcs: list[int], fd: int, records_at: int,
@@ -159,28 +160,16 @@ class PieceState:
     def bytes_done(self) -> int:
         return sum(self.done)
 
-    def advance(self, index: int, data: memoryview) -> None:
-        """`data` was just written at the end of piece `index` (not yet durable, not yet claimed)."""
-        self.crcs[index] = crc32c(data, self.crcs[index])
-        self.done[index] += len(data)
-
     def reset(self, index: int) -> None:
         """Forget piece `index` (its bytes failed their check): it is fetched again from its start."""
         self.done[index] = 0
         self.crcs[index] = 0
         self.claim({index: (0, 0)})
 
-    def snapshot(self) -> dict[int, tuple[int, int]]:
-        """Every piece's (done, crc) now: take it BEFORE the fdatasync that makes them durable."""
-        return {index: (self.done[index], self.crcs[index]) for index in range(len(self.done))}
-
     def claim(self, values: dict[int, tuple[int, int]]) -> None:
         """Write records: only for bytes already made durable."""
         for index, (done, crc) in values.items():
             _write_all(self._fd, _record(index, done, crc), self._records_at + RECORD_SIZE * index)
-
-    def sync(self) -> None:
-        os.fdatasync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -188,12 +177,12 @@ class PieceState:
             self._fd = -1
 
 
-def damaged_pieces(fd: int, state: PieceState, pieces: list[int] | None = None) -> list[int]:
+def damaged_pieces(fd: int, state: PieceState) -> list[int]:
     """The pieces whose bytes in the data file do not match their recorded crc32c (reads them back)."""
     buffer = bytearray(min(READ_BLOCK, max(1, state.layout.piece_size)))
     view = memoryview(buffer)
     bad = []
-    for index in range(len(state.done)) if pieces is None else pieces:
+    for index in range(len(state.done)):
         want = state.done[index]
         if not want:
             continue
