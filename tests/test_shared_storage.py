@@ -12,12 +12,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from fakes.hub import add_sample_repo
+from polling import eventually
 from modelpull import DownloadStatus, download_model
 
 pytestmark = pytest.mark.timeout(90)
@@ -41,14 +41,6 @@ def start_pull(home: Path, url: str, *extra: str) -> subprocess.Popen[str]:
         [sys.executable, "-m", "modelpull", "pull", url, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(home), cwd=home.parent,
     )
-
-
-def wait_until(condition, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("timed out waiting")
-        time.sleep(0.02)
 
 
 def kill_all(*processes: subprocess.Popen[str] | None) -> None:
@@ -76,7 +68,7 @@ def test_two_cli_processes_on_one_url_fetch_it_once(file_server, tmp_path):
     first = start_pull(home, url)
     second = None
     try:
-        wait_until(lambda: file_server.bytes_sent > 0)
+        assert eventually(lambda: file_server.bytes_sent > 0)
         second = start_pull(home, url)
         first_out, first_err = finish(first)
         second_out, second_err = finish(second)
@@ -122,7 +114,7 @@ def test_a_killed_lock_holder_is_taken_over_and_its_partial_resumed(file_server,
     holder = start_script_pull(home, url)
     waiter = None
     try:
-        wait_until(lambda: file_server.bytes_sent >= size // 8)
+        assert eventually(lambda: file_server.bytes_sent >= size // 8)
         waiter = start_script_pull(home, url)
         assert waiter.stdout is not None
         for line in waiter.stdout:  # the waiter has planned and sits on the lock
