@@ -3,13 +3,15 @@
     FanOut(max_streams, queue_limit)
         check_capacity()                      StreamLimitReached once max_streams are open
         open(broadcast=True) -> Subscriber    a stream slot, taken when the stream starts
-        publish(event)                        every broadcast subscriber gets it; O(1) each
+        publish(event, key=None)              every broadcast subscriber gets it; O(1) each
         release(subscriber)                   its stream ended (frees the slot)
         close()                               ends every stream (shutdown)
 
-    Subscriber.put(event)                     never blocks: past `queue_limit` waiting events the
+    Subscriber.put(event, key=None)           never blocks; a newer event with the same key replaces
+                                              the waiting one; past `queue_limit` waiting events the
                                               queue is dropped and the subscriber owes a resync
     await Subscriber.next(timeout)            -> an event, RESYNC, KEEPALIVE, or None (closed)
+    Subscriber.drain()                        every event waiting now (to write them at once)
 
 A publisher only calls `publish()` (the manager today; a store's change feed when several
 replicas share one database) or `put()` on the subscribers it keeps itself (one job's streams).
@@ -48,7 +50,7 @@ class Subscriber:
     __slots__ = ("_events", "_limit", "_wakeup", "resync_due", "closed", "broadcast", "_on_resync")
 
     def __init__(self, limit: int, broadcast: bool, on_resync: Callable[[], None] = lambda: None) -> None:
-        self._events: collections.deque = collections.deque()
+        self._events: collections.OrderedDict = collections.OrderedDict()  # key -> event, oldest first
         self._limit = limit
         self._wakeup = asyncio.Event()
         self.resync_due = False
@@ -60,22 +62,21 @@ class Subscriber:
     def pending(self) -> int:
         return len(self._events)
 
-    def put(self, event: Any) -> None:
-        if self.closed:
-            return
-        if self.resync_due:
-            return  # the reader will fetch the current state anyway
-        if len(self._events) >= self._limit:
+    def put(self, event: Any, key: Any = None) -> None:
+        """Queue `event`. An event with a `key` replaces a waiting one with the same key (a newer
+        state of the same job or engine), so a reader that lags behind a busy job holds one state
+        of it, not every step in between."""
+        if self.closed or self.resync_due:
+            return  # closed, or the reader will fetch the current state anyway
+        if key is not None and key in self._events:
+            self._events[key] = event
+            self._events.move_to_end(key)
+        elif len(self._events) >= self._limit:
             self._events.clear()
             self.resync_due = True
             self._on_resync()
         else:
-            self._events.append(event)
-        self._wakeup.set()
-
-    def close(self) -> None:
-        self.closed = True
-        self._events.clear()
+            self._events[key if key is not None else object()] = event
         self._wakeup.set()
 
     async def next(self, timeout: float) -> Any:
@@ -87,12 +88,25 @@ class Subscriber:
                 self.resync_due = False
                 return RESYNC
             if self._events:
-                return self._events.popleft()
+                return self._events.popitem(last=False)[1]
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
             except asyncio.TimeoutError:
                 return KEEPALIVE
+
+    def drain(self) -> list[Any]:
+        """Every event waiting now (none if a resync is due: the reader asks next() for it)."""
+        if self.resync_due or self.closed:
+            return []
+        events = list(self._events.values())
+        self._events.clear()
+        return events
+
+    def close(self) -> None:
+        self.closed = True
+        self._events.clear()
+        self._wakeup.set()
 
 
 class FanOut:
@@ -103,9 +117,10 @@ class FanOut:
         self.queue_limit = queue_limit
         self._open: set[Subscriber] = set()
         self._broadcast: set[Subscriber] = set()
-        # Streams rendering a snapshot at once (the SSE layer takes it per chunk).
-        self.snapshot_gate = asyncio.Semaphore(2)
+        # One snapshot rendered at a time; streams connecting before the next change share it.
+        self.snapshot_gate = asyncio.Lock()
         self.resyncs = 0  # times a subscriber fell behind (metrics)
+        self.snapshot_cache: tuple[int, list[str]] | None = None  # (event id, chunks) of the last snapshot
 
     @property
     def open_streams(self) -> int:
@@ -137,9 +152,9 @@ class FanOut:
         self._open.discard(subscriber)
         self._broadcast.discard(subscriber)
 
-    def publish(self, event: Any) -> None:
+    def publish(self, event: Any, key: Any = None) -> None:
         for subscriber in self._broadcast:
-            subscriber.put(event)
+            subscriber.put(event, key)
 
     def close(self) -> None:
         for subscriber in list(self._open):

@@ -866,14 +866,16 @@ class DownloadManager:
         event = (job.event_id, data, job.final)
         job.events.append(event)
         for subscriber in list(job.subscribers):
-            subscriber.put(event)
-        self._broadcast("job", data)
+            subscriber.put(event, job.id)
+        self._broadcast("job", data, ("job", job.id))
 
-    def _broadcast(self, kind: str, data: str) -> None:
+    def _broadcast(self, kind: str, data: str, key: Any = None) -> None:
+        """An event for every /events stream. `key` names what it is the state of (("job", id)): a
+        stream that lags holds only the newest state of each."""
         self._seq += 1
         if self.fanout.open_streams:
             # One frame for every /events stream: the text is built once, the queues hold references.
-            self.fanout.publish((self._seq, frame(data, self._seq, kind)))
+            self.fanout.publish((self._seq, frame(data, self._seq, kind)), key)
 
     @property
     def last_seq(self) -> int:
@@ -881,7 +883,7 @@ class DownloadManager:
         return self._seq
 
     def engine_changed(self, kind: str, record: dict[str, Any]) -> None:
-        self._broadcast(kind, json.dumps(record, separators=(",", ":")))
+        self._broadcast(kind, json.dumps(record, separators=(",", ":")), ("engine", record.get("engine_id")))
 
     def check_stream_capacity(self) -> None:
         """ApiError 503 when `--max-event-streams` streams are open (a route asks before answering)."""
@@ -1017,7 +1019,7 @@ class DownloadManager:
             SECRETS.discard(job.token)
             for subscriber in list(job.subscribers):
                 subscriber.close()
-            self._broadcast("job-removed", json.dumps({"id": job.id}))
+            self._broadcast("job-removed", json.dumps({"id": job.id}), ("job", job.id))
         return [j.id for j in jobs]
 
 

@@ -163,28 +163,37 @@ async def all_events(manager: DownloadManager) -> AsyncIterator[str]:
                 yield frame("{}", manager.last_seq, "resync")
                 async for text in _snapshot(manager):
                     yield text
-            else:
-                yield event[1]
+            else:  # this event and whatever else is waiting, in one write
+                yield "".join([event[1], *(queued[1] for queued in subscriber.drain())])
     finally:
         manager.unsubscribe_all(subscriber)
 
 
 async def _snapshot(manager: DownloadManager) -> AsyncIterator[str]:
     """The current state, a chunk of frames at a time. Every frame carries the id of the last event
-    before it: changes after it follow with higher ids.
-
-    A chunk is rendered while holding the fan-out's snapshot gate, and sent after releasing it: a
-    thousand streams connecting at once take turns instead of each holding the event loop for a
-    whole snapshot, and a slow client never holds the gate while its socket is full.
-    """
-    gate = manager.fanout.snapshot_gate
-    seq, jobs, engines = manager.snapshot()
-    for start in range(0, len(jobs), SNAPSHOT_CHUNK):
-        async with gate:
-            chunk = "".join(frame(job.event_data(), seq, "job") for job in jobs[start:start + SNAPSHOT_CHUNK])
+    before it: changes after it follow with higher ids."""
+    _, chunks = await _snapshot_chunks(manager)
+    for chunk in chunks:
         yield chunk
         await asyncio.sleep(0)
-    async with gate:
+
+
+async def _snapshot_chunks(manager: DownloadManager) -> tuple[int, list[str]]:
+    """The snapshot as chunks of frames, rendered once per event id and shared by every stream that
+    connects before the next change (a thousand streams opening at once render it once, and hold
+    references to one copy). Rendering yields to the event loop between chunks."""
+    fanout = manager.fanout
+    async with fanout.snapshot_gate:
+        cached = fanout.snapshot_cache
+        if cached is not None and cached[0] == manager.last_seq:
+            return cached
+        seq, jobs, engines = manager.snapshot()
+        chunks: list[str] = []
+        for start in range(0, len(jobs), SNAPSHOT_CHUNK):
+            chunks.append("".join(frame(job.event_data(), seq, "job") for job in jobs[start:start + SNAPSHOT_CHUNK]))
+            await asyncio.sleep(0)
         parts = [frame(json.dumps(engine, separators=(",", ":")), seq, "engine") for engine in engines]
         parts.append(frame(json.dumps({"jobs": len(jobs), "engines": len(engines)}), seq, "ready"))
-    yield "".join(parts)
+        chunks.append("".join(parts))
+        fanout.snapshot_cache = (seq, chunks)
+        return seq, chunks
