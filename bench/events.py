@@ -30,18 +30,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _nginx  # noqa: E402
+from server import percentile, start_server  # noqa: E402  (bench/server.py)
 
-REPO = Path(__file__).resolve().parents[1]
 TARGET_P99_MS = 100.0
 TARGET_PEAK_MB = 250.0
 TARGET_SETTLED_MB = 120.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 # ---------------------------------------------------------------------- the streams (child process)
@@ -90,27 +83,6 @@ async def hold_streams(host: str, port: int, count: int, slow: int, hold: float)
 # ---------------------------------------------------------------------- the measurement
 
 
-def start_server(models: Path, database: Path, args: argparse.Namespace, log_path: Path) -> tuple[subprocess.Popen, str]:
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modelpull.server.cli", "--host", "127.0.0.1", "--port", "0",
-         "--models-dir", str(models), "--database", str(database), "--max-active-jobs", str(args.active),
-         "--max-event-streams", str(args.streams + 100), "--allow-private-urls", "--log-level", "info",
-         "--log-format", "json"],
-        stdout=log, stderr=log, cwd=str(REPO),
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited:\n{log_path.read_text()[-2000:]}")
-        for line in log_path.read_text().splitlines():
-            if '"listening on' in line:
-                return process, f"http://127.0.0.1:{json.loads(line)['port']}"
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("server did not start")
-
-
 async def run(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="modelpull-bench-events-"))
     root, models = work / "www", work / "models"
@@ -122,7 +94,8 @@ async def run(args: argparse.Namespace) -> int:
         names.append(name)
     _nginx.ensure_tools(("nginx",))
     nginx = _nginx.start_nginx(root, limit_rate=args.limit_rate)
-    process, base = start_server(models, work / "state.db", args, work / "server.log")
+    process, base = start_server(models, work / "state.db", args.active, work / "server.log",
+                                 ("--max-event-streams", str(args.streams + 100)))
     host, port = base.removeprefix("http://").split(":")
     health_ms: list[float] = []
     rss: list[tuple[float, int]] = []
@@ -139,7 +112,6 @@ async def run(args: argparse.Namespace) -> int:
                 streams = await asyncio.create_subprocess_exec(
                     sys.executable, __file__, "--hold-streams", host, port, str(args.streams), str(args.slow),
                     str(args.hold), stdout=asyncio.subprocess.PIPE)
-                probe_until = None
                 async with httpx.AsyncClient(base_url=base, timeout=60) as probe:
                     while True:
                         if streams.returncode is not None:
@@ -152,8 +124,6 @@ async def run(args: argparse.Namespace) -> int:
                             await asyncio.wait_for(streams.wait(), args.interval)
                         except asyncio.TimeoutError:
                             pass
-                        if probe_until and time.monotonic() > probe_until:
-                            break
                 summary = json.loads((await streams.stdout.read()).decode().strip().splitlines()[-1])
                 metrics = (await client.get("/metrics")).text
                 resyncs = next((line.split()[-1] for line in metrics.splitlines()

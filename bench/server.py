@@ -51,12 +51,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def start_server(models: Path, database: Path, active: int, log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_server(models: Path, database: Path, active: int, log_path: Path,
+                 extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """`modelpull serve` as a child process (`extra`: more flags); (process, base URL)."""
     log = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "modelpull.server.cli", "--host", "127.0.0.1", "--port", "0",
          "--models-dir", str(models), "--database", str(database), "--max-active-jobs", str(active),
-         "--allow-private-urls", "--log-format", "json"],
+         "--allow-private-urls", "--log-format", "json", *extra],
         stdout=log, stderr=log, cwd=str(REPO),
     )
     deadline = time.monotonic() + 30

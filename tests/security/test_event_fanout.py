@@ -141,3 +141,20 @@ def test_streams_past_the_cap_are_refused_with_503(start_server):
         time.sleep(0.02)
     with server.client.stream("GET", "/events") as again:
         assert again.status_code == 200
+
+
+async def test_a_lagging_subscriber_holds_one_state_per_job_not_every_step():
+    from modelpull.server.fanout import RESYNC, FanOut
+
+    fanout = FanOut(max_streams=10, queue_limit=8)
+    lagging = fanout.open()
+    for step in range(1000):  # a busy job's progress, and a second job's, while the reader is away
+        fanout.publish(("job-a", step), key=("job", "a"))
+        fanout.publish(("job-b", step), key=("job", "b"))
+    assert lagging.pending == 2
+    assert [await lagging.next(1), await lagging.next(1)] == [("job-a", 999), ("job-b", 999)]
+    for index in range(9):  # more distinct states than the bound: a resync, not a longer queue
+        fanout.publish(("engine", index), key=("engine", index))
+    assert lagging.pending == 0 and await lagging.next(1) is RESYNC
+    fanout.release(lagging)
+    assert fanout.open_streams == 0

@@ -11,7 +11,7 @@
                                               the waiting one; past `queue_limit` waiting events the
                                               queue is dropped and the subscriber owes a resync
     await Subscriber.next(timeout)            -> an event, RESYNC, KEEPALIVE, or None (closed)
-    Subscriber.drain()                        every event waiting now (to write them at once)
+    Subscriber.drain(most)                    events waiting now (to write a few at once)
 
 A publisher only calls `publish()` (the manager today; a store's change feed when several
 replicas share one database) or `put()` on the subscribers it keeps itself (one job's streams).
@@ -24,8 +24,9 @@ import asyncio
 import collections
 from typing import Any, Callable
 
-DEFAULT_QUEUE_LIMIT = 256  # events a subscriber may lag behind before it is told to resync
+DEFAULT_QUEUE_LIMIT = 1024  # distinct waiting states (jobs, engines) before a subscriber must resync
 DEFAULT_MAX_STREAMS = 1000
+TRIM_AFTER_STREAMS = 100  # once this many streams have all closed, free heap pages go back to the OS
 
 
 class _Marker:
@@ -95,13 +96,12 @@ class Subscriber:
             except asyncio.TimeoutError:
                 return KEEPALIVE
 
-    def drain(self) -> list[Any]:
-        """Every event waiting now (none if a resync is due: the reader asks next() for it)."""
+    def drain(self, most: int) -> list[Any]:
+        """Up to `most` of the events waiting now, oldest first (none if a resync is due: the
+        reader asks next() for it)."""
         if self.resync_due or self.closed:
             return []
-        events = list(self._events.values())
-        self._events.clear()
-        return events
+        return [self._events.popitem(last=False)[1] for _ in range(min(most, len(self._events)))]
 
     def close(self) -> None:
         self.closed = True
@@ -121,6 +121,7 @@ class FanOut:
         self.snapshot_gate = asyncio.Lock()
         self.resyncs = 0  # times a subscriber fell behind (metrics)
         self.snapshot_cache: tuple[int, list[str]] | None = None  # (event id, chunks) of the last snapshot
+        self._peak = 0  # most streams open at once since the heap was last trimmed
 
     @property
     def open_streams(self) -> int:
@@ -151,6 +152,13 @@ class FanOut:
         subscriber.close()
         self._open.discard(subscriber)
         self._broadcast.discard(subscriber)
+        self._peak = max(self._peak, len(self._open) + 1)
+        if not self._open and self._peak >= TRIM_AFTER_STREAMS:
+            # The buffers of many streams are freed, but glibc keeps freed heap pages mapped:
+            # hand them back so a server's RSS falls once a crowd of clients has gone.
+            self._peak = 0
+            self.snapshot_cache = None
+            _trim_heap()
 
     def publish(self, event: Any, key: Any = None) -> None:
         for subscriber in self._broadcast:
@@ -159,6 +167,16 @@ class FanOut:
     def close(self) -> None:
         for subscriber in list(self._open):
             subscriber.close()
+
+
+def _trim_heap() -> None:
+    """glibc's malloc_trim(0); a no-op where libc is not glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 __all__ = ["FanOut", "Subscriber", "StreamLimitReached", "RESYNC", "KEEPALIVE"]

@@ -65,6 +65,9 @@ from .store import JobStore, StoreError
 log = logging.getLogger("modelpull.server")
 
 PUBLISH_INTERVAL = 0.25  # progress events at most this often per job
+QUEUED_PUBLISH_INTERVAL = 1.0  # a queued job's place in line, at most this often (the first QUEUED_NEAR)
+QUEUED_NEAR = 10
+QUEUED_FAR_PUBLISH_INTERVAL = 30.0  # further back in line
 SAVE_INTERVAL = 0.5  # progress written to the store at most this often (2 writes/s per job)
 _CANCEL_KEEP = "cancel_keep"  # the store's control request for a cancel that keeps the partial data
 CLAIM_INTERVAL = 1.0  # a replica looks for work at least this often (a shared store's queue)
@@ -981,7 +984,14 @@ class DownloadManager:
                 self._queue_moved = False
                 self._number_queue()
             for job in list(self.jobs.values()):
-                if job.dirty and now - job.last_published >= PUBLISH_INTERVAL:
+                # A queued job's only news is its place in line, which moves for every queued job
+                # at each start: 500 queued jobs would be 500 events to every stream whenever a
+                # download ends. The next few in line say it soon, the rest now and then.
+                interval = PUBLISH_INTERVAL
+                if job.status == J.QUEUED:
+                    near = (job.queue_position or 0) <= QUEUED_NEAR
+                    interval = QUEUED_PUBLISH_INTERVAL if near else QUEUED_FAR_PUBLISH_INTERVAL
+                if job.dirty and now - job.last_published >= interval:
                     self._publish(job)
             if now - last_save >= SAVE_INTERVAL:
                 last_save = now

@@ -28,6 +28,9 @@ KEEPALIVE_SECONDS = 15.0
 RETRY_MS = 3000  # how long a browser waits before reconnecting
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 SNAPSHOT_CHUNK = 64  # snapshot frames rendered at a time, between two yields to the event loop
+# Waiting events written at once: few enough that a write stays near the transport's 64 KiB high
+# water mark (past it the stream waits for its client; a larger write would be buffered whole).
+BATCH_EVENTS = 32
 END = "end"  # the last part of a closing frame's id: "<job id>/end"
 
 
@@ -154,38 +157,44 @@ async def all_events(manager: DownloadManager) -> AsyncIterator[str]:
     subscriber = manager.subscribe_all()
     try:
         yield f"retry: {RETRY_MS}\n"  # no blank line: it belongs to the snapshot's first frame
-        async for text in _snapshot(manager):
+        shown = await _snapshot_after(manager, manager.last_seq)
+        async for text in _chunks(shown[1]):
             yield text
         async for event in _events(subscriber):
             if event is KEEPALIVE:
                 yield ": keep-alive\n\n"
             elif event is RESYNC:
                 yield frame("{}", manager.last_seq, "resync")
-                async for text in _snapshot(manager):
+                shown = await _snapshot_after(manager, manager.last_seq)
+                async for text in _chunks(shown[1]):
                     yield text
-            else:  # this event and whatever else is waiting, in one write
-                yield "".join([event[1], *(queued[1] for queued in subscriber.drain())])
+            else:  # this event and a few more waiting, in one write; the snapshot had the older ones
+                batch = (event, *subscriber.drain(BATCH_EVENTS))
+                text = "".join(queued[1] for queued in batch if queued[0] > shown[0])
+                if text:
+                    yield text
     finally:
         manager.unsubscribe_all(subscriber)
 
 
-async def _snapshot(manager: DownloadManager) -> AsyncIterator[str]:
-    """The current state, a chunk of frames at a time. Every frame carries the id of the last event
-    before it: changes after it follow with higher ids."""
-    _, chunks = await _snapshot_chunks(manager)
+async def _chunks(chunks: list[str]) -> AsyncIterator[str]:
     for chunk in chunks:
         yield chunk
         await asyncio.sleep(0)
 
 
-async def _snapshot_chunks(manager: DownloadManager) -> tuple[int, list[str]]:
-    """The snapshot as chunks of frames, rendered once per event id and shared by every stream that
-    connects before the next change (a thousand streams opening at once render it once, and hold
-    references to one copy). Rendering yields to the event loop between chunks."""
+async def _snapshot_after(manager: DownloadManager, subscribed_at: int) -> tuple[int, list[str]]:
+    """The snapshot as chunks of frames, all with the id of the last event before it was rendered.
+
+    It is rendered once and shared by every stream subscribed before that event id (a thousand
+    streams opening at once render it once and hold references to one copy), under a lock, yielding
+    to the event loop between chunks. A stream subscribed at `subscribed_at` takes a snapshot at
+    least that new: the events it queued since are older or newer, and it drops the older ones.
+    """
     fanout = manager.fanout
     async with fanout.snapshot_gate:
         cached = fanout.snapshot_cache
-        if cached is not None and cached[0] == manager.last_seq:
+        if cached is not None and cached[0] >= subscribed_at:
             return cached
         seq, jobs, engines = manager.snapshot()
         chunks: list[str] = []
