@@ -143,7 +143,9 @@ def main() -> None:
             for name in names:
                 write_url_file(folder, name, size // len(names))
             files = [str(folder / n) for n in names]
-            verify_env = {**env, "MODELPULL_HOME": str(folder)}
+            # Only these files: the Hub cache and Ollama store of (a) are not verified here.
+            verify_env = {**env, "MODELPULL_HOME": str(folder), "HF_HUB_CACHE": str(root / "none"),
+                          "OLLAMA_MODELS": str(root / "none")}
             verify = [sys.executable, "-m", "modelpull", "verify", "--all"]
             checksum = ["sha256sum", *files]
             timed(checksum, verify_env)  # page cache warm for both

@@ -95,24 +95,30 @@ class Inventory:
 
     def summary(self) -> dict[str, Any]:
         """Models, totals per source (a blob shared by revisions or repos counted once), free disk."""
-        models = self.models()
+        stores = self.stores()
+        models = [model for store in stores for model in store.models()]
         totals: dict[str, dict[str, int]] = {}
         counted: set[str] = set()
         for model in models:
             total = totals.setdefault(model.provider, {"models": 0, "partial": 0, "size_on_disk": 0})
             total["partial" if model.status == PARTIAL else "models"] += 1
             for file in model.files:
-                key = os.path.realpath(file.path)
+                key = str(file.path)
                 if key in counted:
                     continue
                 counted.add(key)
+                if file.on_disk is None:  # missing
+                    continue
+                if file.on_disk >= 0:
+                    total["size_on_disk"] += file.on_disk
+                    continue
                 try:
                     total["size_on_disk"] += os.stat(key).st_size if model.status == COMPLETE else file.size
                 except OSError:
                     pass
         disks = []
         devices: set[int] = set()
-        for store in self.stores():
+        for store in stores:
             try:
                 device = os.stat(store.root).st_dev
                 usage = shutil.disk_usage(store.root)
@@ -127,7 +133,7 @@ class Inventory:
             "totals": totals,
             "size_on_disk": sum(t["size_on_disk"] for t in totals.values()),
             "disks": disks,
-            "stores": [{"provider": s.provider, "path": str(s.root)} for s in self.stores()],
+            "stores": [{"provider": s.provider, "path": str(s.root)} for s in stores],
         }
 
     def find(self, ref: str, models: list[LocalModel] | None = None) -> list[LocalModel]:

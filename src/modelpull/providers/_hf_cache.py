@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 import uuid
 from pathlib import Path
@@ -290,24 +291,23 @@ class HubCacheStore(LocalStore):
         size = 0
         modified = 0.0
         used: float | None = None
+        prefix = len(str(snapshot)) + 1
         for folder, _, names in os.walk(snapshot):
             for name in names:
                 link = os.path.join(folder, name)
-                inside = os.path.relpath(link, snapshot).replace(os.sep, "/")
-                try:
-                    etag = os.path.basename(os.readlink(link))
-                except OSError:  # a copy (no symlinks on this file system): the file itself
-                    etag = ""
-                real = os.path.realpath(link)
+                inside = link[prefix:].replace(os.sep, "/")
+                real, info = _blob_of(link)
+                etag = os.path.basename(real) if real != link else ""
+                if info is None:  # a dangling link: the blob is gone
+                    etag = os.path.basename(real)
                 sha256 = etag if _HEX64.fullmatch(etag) else None
                 git_sha1 = etag if _HEX40.fullmatch(etag) else None
-                try:
-                    info = os.stat(real)
-                except OSError:  # a dangling link: the blob is gone
-                    files.append(LocalFile(inside, Path(real), sizes.get(inside, 0), sha256, git_sha1, Path(link)))
+                if info is None:
+                    files.append(LocalFile(inside, Path(real), sizes.get(inside, 0), sha256, git_sha1, Path(link),
+                                           on_disk=None))
                     continue
                 files.append(LocalFile(inside, Path(real), sizes.get(inside, info.st_size), sha256, git_sha1,
-                                       Path(link)))
+                                       Path(link), on_disk=info.st_size))
                 modified = max(modified, info.st_mtime)
                 used = info.st_atime if used is None else max(used, info.st_atime)
                 if real not in seen:
@@ -409,6 +409,25 @@ class HubCacheStore(LocalStore):
             if is_locked(locks / f"{etag}.lock"):
                 return f"a download is writing {file.name} of {model.name}"
         return None
+
+
+def _blob_of(link: str) -> tuple[str, os.stat_result | None]:
+    """(where a snapshot entry's bytes are, their stat; None if gone), following the entry's link
+    to the repo blob and, for a shared blob, that blob's link into the cache-wide store. Cheaper
+    than os.path.realpath, which checks every folder of the path."""
+    path = link
+    for _ in range(3):  # snapshot link -> repo blob -> shared store entry
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return path, None
+        if not stat.S_ISLNK(info.st_mode):
+            return path, info
+        path = os.path.normpath(os.path.join(os.path.dirname(path), os.readlink(path)))
+    try:
+        return path, os.stat(path)
+    except OSError:
+        return path, None
 
 
 def _etag(file: LocalFile) -> str:

@@ -33,6 +33,7 @@ class LocalFile:
     sha256: str | None = None
     git_sha1: str | None = None
     link: Path | None = None  # the path a user opens (a snapshot link), when not `path`
+    on_disk: int | None = -1  # bytes the file has on disk: None when it is missing, -1 not looked at
 
     @property
     def digest(self) -> str | None:

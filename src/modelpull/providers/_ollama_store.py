@@ -123,8 +123,12 @@ class OllamaStore(LocalStore):
 
     def models(self) -> list[LocalModel]:
         models = []
+        try:
+            blobs = confined(self.root, "blobs")
+        except UnsafeName:  # blobs/ is a link out of the store: nothing here is Ollama's
+            return models
         for name, manifest in self._manifests():
-            model = self._model(name, manifest)
+            model = self._model(name, manifest, blobs)
             if model is not None:
                 models.append(model)
         for part, info in partial_files(self.root / "blobs"):
@@ -137,7 +141,7 @@ class OllamaStore(LocalStore):
             models.append(self._partial(Path(entry.path), entry.stat(), by_ollama=True))
         return models
 
-    def _model(self, name: OllamaName, manifest: Path) -> LocalModel | None:
+    def _model(self, name: OllamaName, manifest: Path, blobs: Path) -> LocalModel | None:
         try:
             info = manifest.stat()
             data = json.loads(manifest.read_bytes())
@@ -156,10 +160,7 @@ class OllamaStore(LocalStore):
             seen.add(digest)
             hex_digest = match.group(1)
             kind = media_type.rsplit(".", 1)[-1] if "ollama.image" in media_type else "config"
-            try:
-                blob = confined(self.root, "blobs", f"sha256-{hex_digest}")
-            except UnsafeName:  # blobs/ is a link out of the store
-                return None
+            blob = blobs / f"sha256-{hex_digest}"  # hex checked above; blobs/ checked by the caller
             files.append(LocalFile(f"{kind} sha256-{hex_digest[:12]}", blob, size, sha256=hex_digest))
             if media_type == MODEL_MEDIA_TYPE:
                 model_digest = digest
