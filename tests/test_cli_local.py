@@ -14,6 +14,7 @@ import pytest
 from huggingface_hub import scan_cache_dir, snapshot_download
 from safetensors.numpy import save_file
 
+from disk_damage import flip_byte
 from fakes.hub import add_sample_repo
 from fakes.ollama import make_gguf
 
@@ -34,15 +35,6 @@ def home(tmp_path, monkeypatch) -> Path:
 def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "modelpull", *args], capture_output=True, text=True,
                           timeout=60, env=dict(os.environ), input=stdin)
-
-
-def flip_byte(path: Path, offset: int = 100) -> None:
-    os.chmod(path, 0o644)
-    with open(path, "r+b") as handle:
-        handle.seek(offset)
-        byte = handle.read(1)
-        handle.seek(offset)
-        handle.write(bytes([byte[0] ^ 0xFF]))
 
 
 def pull_url(url: str, home: Path, data: bytes) -> None:

@@ -8,6 +8,7 @@ import pytest
 from huggingface_hub import scan_cache_dir, snapshot_download
 from huggingface_hub.utils import _shared_blobs
 
+from disk_damage import flip_byte
 from fakes.hub import add_sample_repo
 from modelpull import DownloadStatus, download_model
 from modelpull._inventory import CORRUPT, OK, InUse, Inventory, Use
@@ -17,15 +18,6 @@ pytestmark = pytest.mark.timeout(60)
 
 def hub_inventory(cache: Path, **kwargs) -> Inventory:
     return Inventory(roots={"huggingface": [cache]}, **kwargs)
-
-
-def flip_byte(path: Path, offset: int = 100) -> None:
-    os.chmod(path, 0o644)
-    with open(path, "r+b") as handle:
-        handle.seek(offset)
-        byte = handle.read(1)
-        handle.seek(offset)
-        handle.write(bytes([byte[0] ^ 0xFF]))
 
 
 async def pulled(provider: str, model: str, **options):

@@ -44,6 +44,7 @@
     }
     return "?";
   }
+  window.modelpullFormatBytes = formatBytes;  // the "On this machine" section (local.js) shows sizes alike
 
   function formatDuration(seconds) {
     const total = Math.max(0, Math.round(seconds));

@@ -10,17 +10,7 @@
   const state = { models: [], verifications: new Map(), confirming: null, loading: null };
   const $ = (id) => document.getElementById(id);
 
-  function formatBytes(count) {
-    if (count == null) return "?";
-    let value = Number(count);
-    for (const unit of ["B", "kB", "MB", "GB", "TB"]) {
-      if (Math.abs(value) < 1000 || unit === "TB") {
-        return unit === "B" ? `${Math.round(value)} B` : `${value.toFixed(1)} ${unit}`;
-      }
-      value /= 1000;
-    }
-    return "?";
-  }
+  const formatBytes = (count) => window.modelpullFormatBytes(count);  // app.js's, loaded first
 
   function headers() {
     let key = null;
