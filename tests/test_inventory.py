@@ -240,3 +240,18 @@ def test_a_model_file_put_in_the_folder_by_hand_is_listed_and_removable(tmp_path
     assert inventory.verify([model])[0].status == "unchecked"
     inventory.remove(model)
     assert not (tmp_path / "mine.gguf").exists() and (tmp_path / ".hidden").exists()
+
+
+def test_a_revision_no_branch_names_is_detached_and_pruned_as_hf_cache_prune_does(fake_hub, hf_env):
+    sample = add_sample_repo(fake_hub)
+    snapshot_download(sample.repo_id)  # main
+    snapshot_download(sample.repo_id, revision=sample.commit)  # by commit: no ref names it
+    inventory = hub_inventory(hf_env)
+
+    leftovers = inventory.prunable()
+
+    assert [left.model.revision for left in leftovers] == [sample.commit]
+    assert "detached revision" in leftovers[0].description
+    inventory.prune(leftovers)
+    (repo,) = scan_cache_dir(hf_env).repos
+    assert [r.commit_hash for r in repo.revisions] == [sample.main_commit]
