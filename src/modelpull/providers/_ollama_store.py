@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._errors import InvalidRequest
-from .._paths import UnsafeName, confined, shown_name
+from .._paths import UnsafeName, confined, sha256_hex, shown_name
 from ._local import (
     COMPLETE, PARTIAL, Leftover, LocalFile, LocalModel, LocalStore, RepairPlan, bytes_on_disk, partial_companions,
     partial_files, unlink_quietly,
@@ -32,7 +32,6 @@ MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
 # Ollama's own name rules (types/model/name.go): parts of letters, digits, `_`, `-` and `.`.
 _PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(:[0-9]+)?$")
-_LAYER_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 _OLLAMA_PARTIAL = re.compile(r"^sha256-[0-9a-f]{64}-partial(-[0-9]+)?$")
 
 
@@ -78,6 +77,27 @@ class OllamaName:
 
     def manifest_path(self, store: Path) -> Path:
         return confined(store, "manifests", self.host, self.namespace, self.model, self.tag)
+
+
+def manifest_descriptors(raw: bytes) -> list[tuple[str, str, int]]:
+    """(media type, digest, size) of every layer, then the config, as a manifest lists them
+    (ValueError, KeyError or TypeError for bytes that are no manifest)."""
+    manifest = json.loads(raw)
+    descriptors = [*manifest["layers"], *([manifest["config"]] if manifest.get("config") else [])]
+    return [(str(d["mediaType"]), str(d["digest"]), int(d["size"])) for d in descriptors]
+
+
+def digest_hex(digest: str) -> str:
+    """The hex of a `sha256:<hex>` digest, checked by the path gate (UnsafeName for anything else)."""
+    algorithm, _, hex_digest = digest.partition(":")
+    if algorithm != "sha256":
+        raise UnsafeName(f"{shown_name(digest)} is not a sha256 digest")
+    return sha256_hex(hex_digest)
+
+
+def blob_path(store: Path, digest: str) -> Path:
+    """<store>/blobs/sha256-<hex> for a digest `sha256:<hex>` (UnsafeName for anything else)."""
+    return confined(store, "blobs", f"sha256-{digest_hex(digest)}")
 
 
 def _bad_name(text: str) -> InvalidRequest:
@@ -144,9 +164,7 @@ class OllamaStore(LocalStore):
     def _model(self, name: OllamaName, manifest: Path, blobs: Path) -> LocalModel | None:
         try:
             info = manifest.stat()
-            data = json.loads(manifest.read_bytes())
-            layers = [*data["layers"], *([data["config"]] if data.get("config") else [])]
-            described = [(str(l["mediaType"]), str(l["digest"]), int(l["size"])) for l in layers]
+            described = manifest_descriptors(manifest.read_bytes())
         except (OSError, ValueError, KeyError, TypeError):
             return None
         files: list[LocalFile] = []
@@ -154,11 +172,13 @@ class OllamaStore(LocalStore):
         model_digest = None
         used: float | None = None
         for media_type, digest, size in described:
-            match = _LAYER_DIGEST.match(digest)
-            if match is None or digest in seen:
+            if digest in seen:
+                continue
+            try:
+                hex_digest = digest_hex(digest)
+            except UnsafeName:
                 continue
             seen.add(digest)
-            hex_digest = match.group(1)
             kind = media_type.rsplit(".", 1)[-1] if "ollama.image" in media_type else "config"
             blob = blobs / f"sha256-{hex_digest}"  # hex checked above; blobs/ checked by the caller
             files.append(LocalFile(f"{kind} sha256-{hex_digest[:12]}", blob, size, sha256=hex_digest))

@@ -32,7 +32,7 @@ import aiohttp
 from yarl import URL
 
 from .._errors import AuthenticationRequired, ConnectionFailed, InvalidRequest, ModelPullError, NotFound, SourceError
-from .._paths import UnsafeName, confined, sha256_hex, shown_name
+from .._paths import UnsafeName, shown_name
 from .._plan import DownloadRequest, Plan, PlannedFile
 from .._progress import DownloadProgress, DownloadStatus
 from .._units import format_bytes
@@ -46,6 +46,9 @@ from ._ollama_store import (  # noqa: F401 - OllamaName and store_root are part 
     DEFAULT_TAG,
     MODEL_MEDIA_TYPE,
     OllamaName,
+    blob_path,
+    digest_hex,
+    manifest_descriptors,
     store_root,
 )
 
@@ -198,14 +201,6 @@ def _ollama_host(value: str) -> str:
     return f"{scheme}://{host}:{port}" + (f"/{path.rstrip('/')}" if path.strip("/") else "")
 
 
-def blob_path(store: Path, digest: str) -> Path:
-    """<store>/blobs/sha256-<hex> for a digest `sha256:<hex>` (UnsafeName for anything else)."""
-    algorithm, _, hex_digest = digest.partition(":")
-    if algorithm != "sha256":
-        raise UnsafeName(f"{digest!r} is not a sha256 digest")
-    return confined(store, "blobs", f"sha256-{sha256_hex(hex_digest)}")
-
-
 def _kind(media_type: str) -> str:
     if media_type.startswith(_MEDIA_TYPE_PREFIX):
         return media_type[len(_MEDIA_TYPE_PREFIX):]
@@ -326,19 +321,14 @@ def _registry_message(body: bytes) -> str:
 def _manifest_blobs(raw: bytes, name: OllamaName) -> list[tuple[str, str, int]]:
     """(media type, digest, size) of every layer, then the config, each digest once."""
     try:
-        manifest = json.loads(raw)
-        descriptors = [*manifest["layers"], *([manifest["config"]] if manifest.get("config") else [])]
-        blobs = [(str(d["mediaType"]), str(d["digest"]), int(d["size"])) for d in descriptors]
+        blobs = manifest_descriptors(raw)
     except (ValueError, KeyError, TypeError):
         raise SourceError(f"the registry sent an unreadable manifest for '{name.display}'", code="bad_manifest") from None
     seen: set[str] = set()
     unique = []
     for media_type, digest, size in blobs:
         try:
-            algorithm, _, hex_digest = digest.partition(":")
-            if algorithm != "sha256":
-                raise UnsafeName(f"{shown_name(digest)} is not a sha256 digest")
-            sha256_hex(hex_digest)
+            digest_hex(digest)
             if size < 0:
                 raise UnsafeName(f"its size {size} is negative")
         except UnsafeName as exc:
