@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _nginx  # noqa: E402
-from server import percentile, start_server  # noqa: E402  (bench/server.py)
+from server import percentile, start_server, stop_server  # noqa: E402  (bench/server.py)
 
 TARGET_P99_MS = 100.0
 TARGET_PEAK_MB = 250.0
@@ -137,11 +136,7 @@ async def run(args: argparse.Namespace) -> int:
             settled_rss = _nginx.tree_rss(process.pid)
             counts = (await client.get("/health")).json()
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_server(process)
         nginx.stop()
 
     peak = max(r for _, r in rss) / 2 ** 20

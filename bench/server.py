@@ -73,6 +73,15 @@ def start_server(models: Path, database: Path, active: int, log_path: Path,
     raise RuntimeError("server did not start")
 
 
+def stop_server(process: subprocess.Popen) -> None:
+    """Stop a server from start_server(): SIGTERM, and SIGKILL if it is not gone in 15 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 async def run(args: argparse.Namespace) -> int:
     size = parse_size(args.size)
     work = Path(tempfile.mkdtemp(prefix="modelpull-bench-server-"))
@@ -146,11 +155,7 @@ async def run(args: argparse.Namespace) -> int:
         wrong = [name for name, digest in digests.items() if _nginx.sha256_file(models / name) != digest] \
             if statuses.get("completed") == len(ids) else list(digests)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_server(process)
         nginx.stop()
 
     peak_rss_mb = max(rss_samples) / 2 ** 20 if rss_samples else float("nan")
