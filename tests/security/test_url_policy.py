@@ -2,6 +2,8 @@
 and as what a client of the server sees when it submits such an address."""
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from server_helpers import assert_error
@@ -88,3 +90,54 @@ def test_a_name_that_does_not_resolve_is_refused_at_submit(start_server):
     error = assert_error(server.client.post("/downloads", json={"model": "http://no-such-host.invalid/m.gguf"}),
                          422, "model", "unknown_host")
     assert "no-such-host.invalid" in error["message"] and "does not resolve" in error["message"]
+
+
+class _DnsDownAtFirst:
+    """A name whose first `failures` lookups get EAI_AGAIN (DNS did not answer: the network is
+    down) and later ones 127.0.0.1, at `socket.getaddrinfo`, where every client resolves."""
+
+    def __init__(self, real, name: str, failures: int) -> None:
+        self.real, self.name, self.failures, self.lookups = real, name, failures, 0
+
+    def __call__(self, host, port, family=0, type=0, proto=0, flags=0):
+        if (host.decode() if isinstance(host, bytes) else host) != self.name:
+            return self.real(host, port, family, type, proto, flags)
+        self.lookups += 1
+        if self.lookups <= self.failures:
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", int(port or 0)))]
+
+
+def test_a_dns_that_does_not_answer_now_queues_the_job_and_its_connections_retry(start_server, file_server,
+                                                                                monkeypatch):
+    """EAI_AGAIN is not "no such host": a submit while DNS is down is accepted (each connection
+    is checked by the policy once DNS answers) and the download retries until it does."""
+    data = b"gguf" * 4096
+    file_server.add_file("/flaky.gguf", data)
+    dns = _DnsDownAtFirst(socket.getaddrinfo, "dns-down.example", failures=2)
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
+    server = start_server(allow_private_urls=True)
+
+    job = server.submit(f"http://dns-down.example:{file_server.port}/flaky.gguf")
+
+    done = server.wait_status(job["id"], "completed", "failed")
+    assert done["status"] == "completed", done
+    assert dns.lookups >= 3  # the submit's, the one that failed in the job, the one that connected
+
+
+def test_resolve_tells_no_such_name_from_no_answer(monkeypatch):
+    from modelpull.transfer import _policy
+
+    def down(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    def nxdomain(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(_policy, "getaddrinfo", down)
+    with pytest.raises(socket.gaierror) as raised:
+        _policy.resolve("dns-down.example", 80)
+    assert not isinstance(raised.value, _policy.UnknownHost) and not _policy.no_such_name(raised.value)
+    monkeypatch.setattr(_policy, "getaddrinfo", nxdomain)
+    with pytest.raises(_policy.UnknownHost, match="'gone.example' does not resolve"):
+        _policy.resolve("gone.example", 80)

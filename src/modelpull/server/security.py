@@ -108,11 +108,13 @@ def _valid_host(host: str) -> bool:
 
 
 async def check_url(url: str, policy: UrlPolicy) -> None:
-    """Refuse, before a job exists, URLs that are malformed, name a host DNS does not know
+    """Refuse, before a job exists, URLs that are malformed, name a host DNS says does not exist
     (code unknown_host), or lead to an address the policy forbids.
 
     This is the early, clear answer; the policy is asked again at every connection (the address
-    a name resolves to then, every redirect hop), which is what stops DNS rebinding.
+    a name resolves to then, every redirect hop), which is what stops DNS rebinding. So a
+    resolver that does not answer now (EAI_AGAIN: the network is down) refuses nothing: the job
+    is queued and its connections retry, each checked when DNS answers.
     """
     host, port = check_url_syntax(url)
     reason = host_refusal(host)
@@ -125,7 +127,9 @@ async def check_url(url: str, policy: UrlPolicy) -> None:
         try:
             infos = await asyncio.to_thread(resolve, host, port)
         except UnknownHost as exc:
-            raise UrlRefused(f"Cannot download from {exc} (if DNS is down, retry later)", "unknown_host") from None
+            raise UrlRefused(f"Cannot download from {exc}", "unknown_host") from None
+        except OSError:  # DNS did not answer now: the connections will ask again, and retry
+            return
         addresses = [info[4][0] for info in infos]
     for address in addresses:
         reason = policy(host, port, address)

@@ -21,6 +21,7 @@ from .._errors import (
     NotFound,
     SourceError,
 )
+from ._policy import UnknownHost, no_such_name
 
 if TYPE_CHECKING:
     from ._wire import AbortSignal, Wire, WireResponse
@@ -32,13 +33,6 @@ MAX_REDIRECTS = 10
 USER_AGENT = "modelpull/0.1"
 
 
-# getaddrinfo()'s answers for "no such name" (NXDOMAIN, no address records), as opposed to
-# EAI_AGAIN, "DNS did not answer now", which a retry may cure (a laptop back on the network).
-_NO_SUCH_NAME = frozenset(
-    code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None), socket.EAI_FAIL) if code is not None
-)
-
-
 def unknown_host(exc: BaseException | None) -> bool:
     """True when `exc`, or an error it was raised from, is DNS saying the name does not exist.
 
@@ -48,8 +42,8 @@ def unknown_host(exc: BaseException | None) -> bool:
     for _ in range(8):  # httpx and aiohttp wrap the socket error once or twice
         if exc is None:
             return False
-        if isinstance(exc, socket.gaierror):
-            return exc.errno in _NO_SUCH_NAME
+        if isinstance(exc, (UnknownHost, socket.gaierror)):
+            return no_such_name(exc)
         exc = exc.__cause__ or exc.__context__
     return False
 

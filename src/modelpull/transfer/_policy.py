@@ -59,7 +59,22 @@ class AddressRefused(ConnectionError):
 
 
 class UnknownHost(OSError):
-    """A name DNS has no address for."""
+    """A name DNS has no address for (it says so: not a resolver that did not answer now)."""
+
+
+# getaddrinfo()'s answers for "no such name" (NXDOMAIN, no address records), as opposed to
+# EAI_AGAIN, "DNS did not answer now", which a retry may cure (a laptop back on the network).
+_NO_SUCH_NAME = frozenset(
+    code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None), socket.EAI_FAIL) if code is not None
+)
+
+
+def no_such_name(exc: BaseException) -> bool:
+    """True when `exc` is DNS saying the name does not exist (UnknownHost, or getaddrinfo()'s own
+    error with one of those codes): the one test of it, for this module and every HTTP client."""
+    if isinstance(exc, UnknownHost):
+        return True
+    return isinstance(exc, socket.gaierror) and exc.errno in _NO_SUCH_NAME
 
 
 def unwrap(address: IPAddress) -> tuple[IPAddress, str]:
@@ -142,11 +157,15 @@ def getaddrinfo(host: str, port: int) -> list[tuple]:
 
 
 def resolve(host: str, port: int) -> list[tuple]:
-    """getaddrinfo()'s answers for `host`; UnknownHost when DNS has none."""
+    """getaddrinfo()'s answers for `host`; UnknownHost when DNS says there is no such name. Any
+    other resolver failure (EAI_AGAIN: DNS did not answer now) stays a socket.gaierror, which
+    callers retry like any other connection failure."""
     try:
         infos = getaddrinfo(host.strip("[]"), port)
     except socket.gaierror as exc:
-        raise UnknownHost(f"'{host}' does not resolve ({exc.strerror or exc}): check the host name") from None
+        if not no_such_name(exc):
+            raise
+        raise UnknownHost(f"'{host}' does not resolve ({exc.strerror or exc}): check the host name") from exc
     if not infos:
         raise UnknownHost(f"'{host}' does not resolve: check the host name")
     return infos
@@ -191,8 +210,8 @@ def check_name(host: str, port: int, check: AddressCheck) -> None:
     else:
         try:
             answers = [info[4][0] for info in resolve(host, port)]
-        except UnknownHost:
-            answers = []  # the proxy will report an unknown host
+        except OSError:
+            answers = []  # no answer here (a proxy may resolve what this machine cannot): it will say
         reason = host_refusal(host)
         if reason:
             raise AddressRefused(f"Refusing to connect to '{host}': {reason}")
