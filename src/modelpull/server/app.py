@@ -38,7 +38,7 @@ from .manager import DownloadManager
 from .openapi import install_docs
 from .openapi import is_public_path as is_docs_path
 from .security import api_key_matches, redact_query, valid_id
-from .store import StoreError, open_store
+from .store import open_store
 
 log = logging.getLogger("modelpull.server")
 access_log = logging.getLogger("modelpull.access")

@@ -61,7 +61,8 @@ from ._http import (
 from ._progress import FileProgress
 from ._durable import durability_error, fsync_directory
 from ._state import Layout, PieceState, StateUnreadable, damaged_pieces, partial_paths, remove_partial
-from ._wire import Aborted, AbortSignal, AddressRefused, Wire, WireResponse
+from ._policy import AddressRefused
+from ._wire import Aborted, AbortSignal, Wire, WireResponse
 
 WRITE_CHUNK = 1024 * 1024  # bytes buffered before a pwrite (and a counter update)
 WRITE_INTERVAL = 0.5  # seconds: on a slow link, write (and record) at least this often

@@ -22,7 +22,7 @@ from typing import Mapping
 from urllib.parse import unquote, urlsplit
 
 from ._http import USER_AGENT
-from ._policy import AddressCheck, AddressRefused, check_name, connect
+from ._policy import AddressCheck, check_name, connect
 from ._rate import RateLimit
 
 _IDLE_PER_HOST = 16
