@@ -6,6 +6,8 @@
                                absolute, no NUL or backslash
     confined(root, *names)     root/names..., with every name checked as above, then resolved
                                (symlinks followed) and proved inside the resolved root
+    one_tree(paths)            a listing's relative paths, refused when two are the same file or
+                               one is a file and a folder of another ("a" and "a/b")
 
 A Hub listing, an Ollama manifest or a URL's file name reaches the disk only through these, so
 that no answer from outside can put a file, a folder or a link anywhere but below the folder
@@ -64,6 +66,22 @@ def relative_parts(value: object) -> tuple[str, ...]:
         if part in ("", ".", ".."):
             raise UnsafeName(f"{shown_name(value)} has an empty, '.' or '..' part")
     return parts
+
+
+def one_tree(paths: list[str]) -> None:
+    """UnsafeName when `paths` (each already passed `relative_parts`) cannot all be files of one
+    folder: the same path twice, or a path that is a file and also the folder of another."""
+    seen: set[str] = set()
+    for path in paths:
+        if path in seen:
+            raise UnsafeName(f"{shown_name(path)} is listed twice")
+        seen.add(path)
+    for path in paths:
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in seen:
+                raise UnsafeName(f"{shown_name(folder)} is listed as a file and as the folder of {shown_name(path)}")
 
 
 def confined(root: Path, *names: str) -> Path:

@@ -142,3 +142,21 @@ def test_a_symlink_planted_in_the_cache_does_not_carry_files_out(fake_hub, hub_s
     assert job["error_code"] == "unsafe_path", job
     assert "outside" in job["message"], job["message"]
     assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, said", [
+    ("config.json/README.md", "'config.json' is listed as a file and as the folder of 'config.json/README.md'"),
+    ("config.json", "'config.json' is listed twice"),
+])
+def test_a_listing_whose_names_cannot_all_be_files_fails_before_any_download(fake_hub, hub_server, name, said):
+    """A file that is also another file's folder (or one path listed twice) would end, halfway
+    through the download, as a raw "Not a directory": the listing is refused first."""
+    sample = add_sample_repo(fake_hub, "org/tree")
+    fake_hub.edit_listing(sample.repo_id, edit_entry("README.md", rfilename=name))
+
+    job = run_hub_job(hub_server, sample.repo_id)
+
+    assert job["status"] == "failed", job
+    assert job["error_code"] == "hub_error", job
+    assert said in job["message"] and "Not a directory" not in job["message"], job["message"]
+    assert not any(hub_server.settings.home.rglob("*.safetensors")), "a file was downloaded from a refused listing"

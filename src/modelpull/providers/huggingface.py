@@ -47,7 +47,7 @@ from .._errors import (
     RateLimited,
     ServerError,
 )
-from .._paths import UnsafeName, git_sha1_hex, relative_parts, sha256_hex, shown_name
+from .._paths import UnsafeName, git_sha1_hex, one_tree, relative_parts, sha256_hex, shown_name
 from .._plan import DownloadRequest, Plan, PlannedFile, TransferOptions
 from ..transfer._http import retry_after_seconds, unknown_host, unknown_host_error
 from ..transfer._policy import AddressCheck, AddressRefused
@@ -311,7 +311,12 @@ class HubClient:
             # A gated repo's listing is public; its files are not. Ask now rather than fail mid-download.
             first = info.siblings[0].rfilename if info.siblings else None
             await self.call(self._auth_check, info.sha, first)
-        return RepoListing(commit=info.sha, files=[self._repo_file(s) for s in info.siblings or []])
+        files = [self._repo_file(s) for s in info.siblings or []]
+        try:
+            one_tree([file.path for file in files])
+        except UnsafeName as exc:
+            raise self._unusable_listing(exc.reason) from None
+        return RepoListing(commit=info.sha, files=files)
 
     def _auth_check(self, commit: str, first_file: str | None) -> None:
         """GET .../auth-check. A 404 means a Hub (a mirror) without that route, since the repo's
@@ -340,10 +345,12 @@ class HubClient:
             return RepoFile(path=sibling.rfilename, size=size, blob_id=git_sha1_hex(sibling.blob_id),
                             lfs_sha256=sha256_hex(lfs.sha256) if lfs else None)
         except UnsafeName as exc:
-            raise ModelPullError(
-                f"the Hub at {self.target.endpoint} listed an unusable entry {shown_name(sibling.rfilename)} in "
-                f"{self.target.repo_id}: {exc.reason}. Refusing the listing; nothing was written. Check that "
-                "HF_ENDPOINT points at a Hugging Face Hub you trust", code="hub_error") from None
+            raise self._unusable_listing(f"an unusable entry {shown_name(sibling.rfilename)}: {exc.reason}") from None
+
+    def _unusable_listing(self, what: str) -> ModelPullError:
+        return ModelPullError(
+            f"the Hub at {self.target.endpoint} listed {what} in {self.target.repo_id}. Refusing the listing; "
+            "nothing was written. Check that HF_ENDPOINT points at a Hugging Face Hub you trust", code="hub_error")
 
     async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         failures = 0
