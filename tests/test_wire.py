@@ -14,7 +14,8 @@ import time
 import pytest
 
 from modelpull.transfer._http import wire_following_redirects
-from modelpull.transfer._wire import Aborted, AbortSignal, AddressRefused, Wire
+from modelpull.transfer._policy import AddressRefused
+from modelpull.transfer._wire import Aborted, AbortSignal, Wire
 
 
 def _read_all(response) -> bytes:
