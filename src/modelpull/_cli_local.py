@@ -89,13 +89,21 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, stdin: TextIO 
 
 
 def _server_uses() -> list:
-    """Engines and running downloads of a modelpull server using this MODELPULL_HOME (its store)."""
+    """Engines and running downloads of the modelpull servers using this MODELPULL_HOME: its
+    SQLite store, or the replicas' PostgreSQL one (MODELPULL_DATABASE)."""
     from ._inventory import uses_from_records
     from ._settings import Settings
 
     settings = Settings.from_env()
-    if settings.shared_database:  # a PostgreSQL store: the replicas' own `DELETE /local-models` checks it
-        return []
+    if settings.shared_database:
+        from .server.store import StoreError
+        from .server.store_postgres import read_records as read_shared_records
+
+        try:
+            jobs, engines = read_shared_records(settings.database_url)
+        except StoreError as exc:
+            raise ModelPullError(f"cannot tell whether a server uses it: {exc}", code="store_unavailable") from None
+        return uses_from_records(jobs, engines)
     path = Path(settings.database_url)
     if not path.is_file():
         return []

@@ -222,3 +222,54 @@ def test_losing_the_database_mid_run_is_reported_and_the_job_finishes_when_it_re
     assert server.wait_status(job_id, "completed", "failed")["status"] == "completed"
     assert file_sha256(server.settings.home / "outage.bin") == sha256(data)
     wait_for(lambda: server.manager.store.healthy, "store healthy")
+
+
+def _local_cli(home, database: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`modelpull <args>` on the models dir the replicas share, told where their database is."""
+    import os
+
+    env = {**os.environ, "MODELPULL_HOME": str(home), "MODELPULL_DATABASE": database,
+           "OLLAMA_MODELS": str(home / "no-ollama"), "HF_HUB_CACHE": str(home / "no-hub")}
+    return subprocess.run([sys.executable, "-m", "modelpull", *args], capture_output=True, text=True, timeout=60,
+                          env=env)
+
+
+def test_rm_on_a_replicas_machine_asks_their_postgresql_and_is_refused_while_an_engine_uses_the_model(
+        replicas, pg_url):
+    from server_helpers import make_gguf
+
+    a = replicas()
+    model = make_gguf(a.settings.home / "chat.gguf")
+    assert a.client.post("/engines", json={"engine_id": "chat", "model_path": str(model)}).status_code == 201
+    wait_for(lambda: postgres_has_engine(pg_url, "chat"), "the engine in PostgreSQL")
+
+    refused = _local_cli(a.settings.home, pg_url, "rm", "chat.gguf", "-y")
+
+    assert refused.returncode == 1, refused.stderr
+    assert "engine 'chat'" in refused.stderr and "stop it first" in refused.stderr
+    assert model.is_file()
+
+
+def test_rm_refuses_when_the_replicas_database_cannot_be_read_and_keeps_the_password_out(tmp_path):
+    import socket
+
+    from server_helpers import make_gguf
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here once closed
+    model = make_gguf(tmp_path / "chat.gguf")
+
+    refused = _local_cli(tmp_path, f"postgresql://app:s3cret-pw@127.0.0.1:{port}/jobs", "rm", "chat.gguf", "-y")
+
+    assert refused.returncode == 1, refused.stderr
+    assert "cannot tell whether a server uses it" in refused.stderr, refused.stderr
+    assert f"postgresql://app@127.0.0.1:{port}/jobs" in refused.stderr and "s3cret-pw" not in refused.stderr
+    assert model.is_file()
+
+
+def postgres_has_engine(url: str, engine_id: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM modelpull_engines WHERE engine_id = %s", (engine_id,)).fetchone() is not None

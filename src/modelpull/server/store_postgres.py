@@ -457,3 +457,18 @@ class PostgresJobStore(JobStore):
         if message.get("f") == self.replica_id and message.get("k") != "control":
             return None  # our own write
         return Change(message.get("k", ""), message.get("id", ""), message.get("r"), message.get("o"))
+
+
+def read_records(url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(jobs, engines) of the replicas' store, read only (the CLI asks what is in use before it
+    deletes a model). Nothing is created or migrated: a database without modelpull's tables reads
+    as empty. A database that cannot be read is a StoreError: the CLI cannot tell, so it refuses."""
+    psycopg, _ = _import_psycopg()
+    store = PostgresJobStore(url)  # for its messages: no connection is opened by it
+    with store._errors("read"):
+        with psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT, autocommit=True) as conn:
+            if conn.execute("SELECT to_regclass('modelpull_engines')").fetchone()[0] is None:
+                return [], []
+            jobs = [json.loads(r[0]) for r in conn.execute("SELECT record FROM modelpull_jobs")]
+            engines = [json.loads(r[0]) for r in conn.execute("SELECT record FROM modelpull_engines")]
+    return jobs, engines
