@@ -76,6 +76,35 @@ def test_sse_on_one_replica_follows_a_job_running_on_the_other(replicas, file_se
     assert job_id not in b.manager.running_job_ids()
 
 
+def test_an_eventsource_that_reconnects_to_the_other_replica_resumes_after_its_last_event_id(replicas, file_server):
+    """A load balancer may send a browser's reconnect to another replica: it goes on from the
+    Last-Event-ID it sent, ids still increasing, and gets 204 once the job has ended."""
+    import httpx_sse
+
+    a = replicas()
+    b = replicas()
+    url = file_server.add_file("/resume.bin", random_bytes(600_000, seed=81), throttle_bps=SLOW)
+    job_id = a.submit(url)["id"]
+    with httpx.Client(base_url=a.url, timeout=30) as on_a:
+        with httpx_sse.connect_sse(on_a, "GET", f"/downloads/{job_id}/events") as source:
+            seen = []
+            for event in source.iter_sse():
+                seen.append(event)
+                if json.loads(event.data)["downloaded_bytes"]:
+                    break
+    last_id = seen[-1].id
+    with httpx.Client(base_url=b.url, timeout=30) as on_b:
+        with httpx_sse.connect_sse(on_b, "GET", f"/downloads/{job_id}/events",
+                                   headers={"Last-Event-ID": last_id}) as source:
+            resumed = list(source.iter_sse())
+        after = on_b.get(f"/downloads/{job_id}/events", headers={"Last-Event-ID": resumed[-1].id})
+
+    assert json.loads(resumed[-1].data)["status"] == "completed"
+    ids = [int(e.id) for e in seen + resumed]
+    assert ids == sorted(set(ids)) and int(resumed[0].id) > int(last_id), ids
+    assert after.status_code == 204
+
+
 def test_cancel_and_pause_sent_to_the_other_replica_reach_the_one_running_the_job(replicas, file_server):
     a = replicas()
     url = file_server.add_file("/c.bin", random_bytes(800_000, seed=81), throttle_bps=SLOW // 2)
