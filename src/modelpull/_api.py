@@ -92,7 +92,8 @@ async def download_model(
     registry_error, ollama_error, incomplete_stream, incomplete, transfer_failed,
     not_mlx_model, internal_error [ModelPullError and subclasses]. Models already on disk
     (modelpull._inventory: list, verify, rm): local_model_not_found, model_in_use,
-    cannot_repair.
+    cannot_repair, store_unavailable (the servers' database, asked what is in use, cannot
+    be read).
 
     Example:
 
