@@ -158,3 +158,24 @@ async def test_a_lagging_subscriber_holds_one_state_per_job_not_every_step():
     assert lagging.pending == 0 and await lagging.next(1) is RESYNC
     fanout.release(lagging)
     assert fanout.open_streams == 0
+
+
+def test_serve_collects_garbage_rarely_and_never_walks_what_startup_loaded():
+    """A thousand streams hold ~270k tracked objects: `modelpull serve` raises the young-generation
+    threshold (so each burst of stream wakeups is not promoted and walked again in a full
+    collection) and freezes what was loaded at startup."""
+    import gc
+
+    from modelpull.server import cli
+
+    before = gc.get_threshold()
+    loaded = object.__new__(type("LoadedAtStartup", (), {}))
+    try:
+        cli._tune_gc()
+        assert gc.get_threshold() == (cli.GC_YOUNG_THRESHOLD, *before[1:])
+        assert cli.GC_YOUNG_THRESHOLD > before[0]
+        assert gc.get_freeze_count() > 0
+        assert not any(o is loaded for o in gc.get_objects())  # frozen: no collection walks it
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import os
 import sys
@@ -14,6 +15,8 @@ from typing import Sequence
 
 from .. import __version__
 from .._settings import Settings
+
+GC_YOUNG_THRESHOLD = 50_000  # new tracked objects between two young collections (Python's default: 700)
 
 _DESCRIPTION = """\
 Serve the modelpull download manager: Kolosal-compatible REST routes, Server-Sent Events,
@@ -181,8 +184,10 @@ def serve_main(argv: Sequence[str]) -> int:
 
     _pin_mmap_threshold()
     configure_logging(args.log_level, args.log_format)
+    app = create_app(settings)
+    _tune_gc()
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,  # configure_logging already routed uvicorn's loggers
@@ -217,6 +222,21 @@ def _pin_mmap_threshold() -> None:
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # -3: M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector from stopping the event loop for a quarter second.
+
+    With a thousand `/events` streams open the server holds ~270k objects the collector tracks
+    (each stream's chain of coroutines, tasks and transports). At the default threshold (a young
+    collection every 700 new objects) every burst of stream wakeups was promoted to the old
+    generation, and a full collection walking all of them (150-270 ms, nothing else running) came
+    every few seconds: the worst `/health` latencies. Young collections every GC_YOUNG_THRESHOLD
+    objects leave the short-lived ones to reference counting, and what was loaded at startup
+    (modules, the app) is frozen out of every later collection.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _server_class(settings: Settings):
