@@ -179,3 +179,33 @@ def test_serve_collects_garbage_rarely_and_never_walks_what_startup_loaded():
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_places_in_line_far_back_are_published_a_few_per_flush_not_all_at_once():
+    """500 jobs submitted together come due together: their places in line go out at most
+    QUEUED_FAR_PER_FLUSH per flush (one turn of the loop writing to every stream), the next ones
+    at the following flushes, until every one was said; a running job's progress is never held."""
+    from modelpull.server import manager as m
+    from modelpull.server.jobs import Job
+
+    def job(index: int, status: str, position: int | None) -> Job:
+        made = Job(id=f"j{index}", provider="url", model=f"http://127.0.0.1:9/{index}", options={},
+                   source_key=str(index), lock_key=str(index), status=status)
+        made.queue_position, made.dirty, made.last_published = position, True, 0.0
+        return made
+
+    running = [job(i, "downloading", None) for i in range(3)]
+    queued = [job(3 + i, "queued", 1 + i) for i in range(500)]
+    now = 1000.0
+    said: list[Job] = []
+    for flush in range(100):
+        due = m.due_for_publish(running + queued, now + flush * m.PUBLISH_INTERVAL)
+        far = [j for j in due if j.status == "queued" and j.queue_position > m.QUEUED_NEAR]
+        assert all(j in due for j in running)
+        assert len(far) <= m.QUEUED_FAR_PER_FLUSH
+        for published in due:  # what _publish() does to a job
+            published.dirty, published.last_published = False, now + flush * m.PUBLISH_INTERVAL
+        for busy in running:
+            busy.dirty = True
+        said += [j for j in due if j.status == "queued"]
+    assert sorted(j.id for j in said) == sorted(j.id for j in queued)  # each once, none lost

@@ -33,7 +33,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -68,6 +68,7 @@ PUBLISH_INTERVAL = 0.25  # progress events at most this often per job
 QUEUED_PUBLISH_INTERVAL = 1.0  # a queued job's place in line, at most this often (the first QUEUED_NEAR)
 QUEUED_NEAR = 10
 QUEUED_FAR_PUBLISH_INTERVAL = 30.0  # further back in line
+QUEUED_FAR_PER_FLUSH = 20  # of those, published at one flush at most (the others at the next ones)
 SAVE_INTERVAL = 0.5  # progress written to the store at most this often (2 writes/s per job)
 _CANCEL_KEEP = "cancel_keep"  # the store's control request for a cancel that keeps the partial data
 CLAIM_INTERVAL = 1.0  # a replica looks for work at least this often (a shared store's queue)
@@ -99,6 +100,34 @@ class EngineAddResult:
     kind: str
     engine: dict[str, Any] | None = None
     job: Job | None = None
+
+
+def due_for_publish(jobs: Iterable[Job], now: float) -> list[Job]:
+    """The changed jobs whose news is published at this flush (PUBLISH_INTERVAL apart at most).
+
+    A queued job's only news is its place in line, which moves for every queued job at each
+    start: 500 queued jobs would be 500 events to every stream whenever a download ends. The
+    next few in line say it soon (QUEUED_PUBLISH_INTERVAL), the rest now and then
+    (QUEUED_FAR_PUBLISH_INTERVAL), and never all in one flush: jobs submitted together would
+    otherwise come due together, 500 events to each of 1000 streams in one turn of the loop.
+    At most QUEUED_FAR_PER_FLUSH of them go at a time, in the jobs' order, the rest at the
+    next flushes.
+    """
+    due = []
+    far_budget = QUEUED_FAR_PER_FLUSH
+    for job in jobs:
+        if not job.dirty:
+            continue
+        interval = PUBLISH_INTERVAL
+        far = False
+        if job.status == J.QUEUED:
+            far = (job.queue_position or 0) > QUEUED_NEAR
+            interval = QUEUED_FAR_PUBLISH_INTERVAL if far else QUEUED_PUBLISH_INTERVAL
+        if now - job.last_published < interval or (far and not far_budget):
+            continue
+        far_budget -= far
+        due.append(job)
+    return due
 
 
 class DownloadManager:
@@ -983,16 +1012,8 @@ class DownloadManager:
             if self._queue_moved:  # numbered here, a few times a second, not on every change
                 self._queue_moved = False
                 self._number_queue()
-            for job in list(self.jobs.values()):
-                # A queued job's only news is its place in line, which moves for every queued job
-                # at each start: 500 queued jobs would be 500 events to every stream whenever a
-                # download ends. The next few in line say it soon, the rest now and then.
-                interval = PUBLISH_INTERVAL
-                if job.status == J.QUEUED:
-                    near = (job.queue_position or 0) <= QUEUED_NEAR
-                    interval = QUEUED_PUBLISH_INTERVAL if near else QUEUED_FAR_PUBLISH_INTERVAL
-                if job.dirty and now - job.last_published >= interval:
-                    self._publish(job)
+            for job in due_for_publish(list(self.jobs.values()), now):
+                self._publish(job)
             if now - last_save >= SAVE_INTERVAL:
                 last_save = now
                 self._save([j for j in self.jobs.values() if j.unsaved])
