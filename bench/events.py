@@ -118,6 +118,8 @@ async def run(args: argparse.Namespace) -> int:
                         started = time.perf_counter()
                         (await probe.get("/health")).raise_for_status()
                         health_ms.append((time.perf_counter() - started) * 1000)
+                        if args.show_slow and health_ms[-1] > TARGET_P99_MS / 2:
+                            print(f"  /health {health_ms[-1]:6.1f} ms at {time.monotonic() - t0:5.2f} s", flush=True)
                         rss.append((time.monotonic() - t0, _nginx.tree_rss(process.pid)))
                         try:
                             await asyncio.wait_for(streams.wait(), args.interval)
@@ -178,6 +180,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--hold", type=float, default=30.0, help="seconds the streams stay open each round")
     parser.add_argument("--settle", type=float, default=60.0, help="seconds after the last round before the RSS check")
+    parser.add_argument("--show-slow", action="store_true",
+                        help="print every /health probe over half the target, with its time since the first round began")
     parser.add_argument("--interval", type=float, default=0.05, help="pause between /health probes (s)")
     args = parser.parse_args()
     return asyncio.run(run(args))
