@@ -27,6 +27,7 @@ and fsync'd before its rename); curl and aria2c neither hash nor fsync. Every do
 
     .venv/bin/python bench/transfer.py --before /path/to/main/.venv/bin/modelpull
     .venv/bin/python bench/transfer.py --quick          # 128 MiB / 64 MiB files, 2 runs: does it work?
+    .venv/bin/python bench/transfer.py --tiny-only --runs 9   # the 1 KiB row alone (the fixed cost)
 
 Wall times on a shared, busy machine say little: the report prints the load average before and
 after; quote ratios.
@@ -176,9 +177,9 @@ def run_case(case: Case, work: Path) -> None:
 @dataclasses.dataclass
 class Cases:
     tiny: Case
-    unthrottled: Case
-    throttled_big: Case
-    throttled_small: Case
+    unthrottled: Case | None  # None with --tiny-only, as the two below
+    throttled_big: Case | None
+    throttled_small: Case | None
     rss: Case | None
 
     def all(self) -> list[Case]:
@@ -224,8 +225,10 @@ def issue_rows(cases: Cases, after: Modelpull, before: Modelpull | None) -> list
     rows = []
     versions = [after] if before is None else [before, after]
 
-    def ratio_row(label: str, case: Case, connections: int | None, peer_of: Callable[[Modelpull], Tool],
+    def ratio_row(label: str, case: Case | None, connections: int | None, peer_of: Callable[[Modelpull], Tool],
                   limit: float | None, target: str) -> None:
+        if case is None:
+            return
         measured = {v.label: case.paired_ratio(v.tool(connections), peer_of(v)) for v in versions}
         walls = " / ".join(wall(case, v.tool(connections)) for v in versions)
         peer = peer_of(after)
@@ -243,11 +246,14 @@ def issue_rows(cases: Cases, after: Modelpull, before: Modelpull | None) -> list
         return version.tool(1)
 
     big, small, unthrottled = cases.throttled_big, cases.throttled_small, cases.unthrottled
-    ratio_row(f"{big.title}: defaults ÷ aria2c", big, None, aria2c, 1.0, "≤ 1.00×")
-    ratio_row(f"{small.title}: defaults ÷ aria2c", small, None, aria2c, 1.2, "≤ 1.20×")
-    ratio_row(f"{small.title}: --connections 16 ÷ aria2c", small, 16, aria2c, None, "—")
-    ratio_row(f"{unthrottled.title}, sha256 + fsync: ÷ curl", unthrottled, None, curl, 1.55, "≤ 1.55×")
-    ratio_row(f"{unthrottled.title}: defaults ÷ --connections 1 (the ramp's cost)", unthrottled, None,
+    def title(case: Case | None) -> str:
+        return "" if case is None else case.title
+
+    ratio_row(f"{title(big)}: defaults ÷ aria2c", big, None, aria2c, 1.0, "≤ 1.00×")
+    ratio_row(f"{title(small)}: defaults ÷ aria2c", small, None, aria2c, 1.2, "≤ 1.20×")
+    ratio_row(f"{title(small)}: --connections 16 ÷ aria2c", small, 16, aria2c, None, "—")
+    ratio_row(f"{title(unthrottled)}, sha256 + fsync: ÷ curl", unthrottled, None, curl, 1.55, "≤ 1.55×")
+    ratio_row(f"{title(unthrottled)}: defaults ÷ --connections 1 (the ramp's cost)", unthrottled, None,
               one_connection, 1.03, "≤ 1.03×")
     tiny = cases.tiny
     fixed = {v.label: tiny.median_wall(v.tool()) for v in versions}
@@ -255,10 +261,11 @@ def issue_rows(cases: Cases, after: Modelpull, before: Modelpull | None) -> list
     rows.append([f"{tiny.title}: modelpull wall", " / ".join(show(fixed[v.label], True) for v in versions),
                  f"{CURL.name} {wall(tiny, CURL)}", *([show(fixed["before"], True)] if before else []),
                  show(now, True), "≤ 0.15 s", met(now, 0.15)])
-    rss = {v.label: cases.unthrottled.peak_rss(v.tool()) for v in versions}
-    rows.append([f"peak RSS, {cases.unthrottled.title}", " / ".join(
-        "n/a" if rss[v.label] is None else _nginx.fmt_mb(rss[v.label]) for v in versions), "",
-        *([""] if before else []), "", "", ""])
+    if unthrottled is not None:
+        rss = {v.label: unthrottled.peak_rss(v.tool()) for v in versions}
+        rows.append([f"peak RSS, {unthrottled.title}", " / ".join(
+            "n/a" if rss[v.label] is None else _nginx.fmt_mb(rss[v.label]) for v in versions), "",
+            *([""] if before else []), "", "", ""])
     if cases.rss is not None:
         rows.append([f"peak RSS, {cases.rss.title}", _nginx.fmt_mb(cases.rss.peak_rss(after.tool()) or 0), "",
                      *([""] if before else []), "", "", ""])
@@ -282,7 +289,7 @@ def print_report(cases: Cases, after: Modelpull, before: Modelpull | None, args:
     print(_nginx.format_table(raw_headers, raw))
     print("\nmarkdown:\n")
     print(f"<!-- bench/transfer.py --size-mib {args.size_mib} --small-size-mib {args.small_size_mib} "
-          f"--runs {args.runs}; {about} -->")
+          f"--runs {args.runs}{' --tiny-only' if args.tiny_only else ''}; {about} -->")
     print(_nginx.format_markdown_table(issue_headers, issue))
     print()
     print(_nginx.format_markdown_table(raw_headers, raw))
@@ -303,6 +310,8 @@ def main() -> None:
     parser.add_argument("--limit-rate", default="20m", help="nginx limit_rate for the throttled cases (default 20m)")
     parser.add_argument("--before", type=Path, default=None,
                         help="another modelpull CLI (e.g. main's .venv/bin/modelpull) measured in the same rounds")
+    parser.add_argument("--tiny-only", action="store_true",
+                        help="only the 1 KiB case (the fixed cost): a short run while working on start-up")
     parser.add_argument("--workdir", type=Path, default=None, help="where the files go (default: a temp dir)")
     args = parser.parse_args()
     args.size_mib = args.size_mib or (128 if args.quick else 1024)
@@ -330,27 +339,30 @@ def main() -> None:
         work = Path(tmp)
         www = work / "www"
         www.mkdir()
-        print(f"making {args.size_mib} MiB and {args.small_size_mib} MiB files ...", flush=True)
-        big_sha256 = _nginx.make_file(www / "big.bin", args.size_mib * MiB)
-        small_sha256 = _nginx.make_file(www / "small.bin", args.small_size_mib * MiB)
         tiny_sha256 = _nginx.make_file(www / "tiny.bin", 1024)
-        for name in ("big.bin", "small.bin"):
-            _nginx.warm_page_cache(www / name)
+        if not args.tiny_only:
+            print(f"making {args.size_mib} MiB and {args.small_size_mib} MiB files ...", flush=True)
+            big_sha256 = _nginx.make_file(www / "big.bin", args.size_mib * MiB)
+            small_sha256 = _nginx.make_file(www / "small.bin", args.small_size_mib * MiB)
+            for name in ("big.bin", "small.bin"):
+                _nginx.warm_page_cache(www / name)
         with _nginx.start_nginx(www) as fast, _nginx.start_nginx(www, limit_rate=args.limit_rate) as slow:
             cases = Cases(
                 tiny=Case("1 KiB file", fast.url("tiny.bin"), 1024, tiny_sha256, [CURL, *each(None)], args.runs),
-                unthrottled=Case(f"{args.size_mib} MiB unthrottled", fast.url("big.bin"), args.size_mib * MiB,
-                                 big_sha256, [CURL, *each(None, 1), ARIA2C, CURL_CHECKED], args.runs),
-                throttled_big=Case(f"{args.size_mib} MiB limit_rate {args.limit_rate}", slow.url("big.bin"),
-                                   args.size_mib * MiB, big_sha256, [*each(None), ARIA2C], args.runs),
-                throttled_small=Case(f"{args.small_size_mib} MiB limit_rate {args.limit_rate}",
-                                     slow.url("small.bin"), args.small_size_mib * MiB, small_sha256,
-                                     [*each(None, 16), ARIA2C], args.runs),
-                rss=None,
+                unthrottled=None, throttled_big=None, throttled_small=None, rss=None,
             )
+            if not args.tiny_only:
+                cases.unthrottled = Case(f"{args.size_mib} MiB unthrottled", fast.url("big.bin"),
+                                         args.size_mib * MiB, big_sha256,
+                                         [CURL, *each(None, 1), ARIA2C, CURL_CHECKED], args.runs)
+                cases.throttled_big = Case(f"{args.size_mib} MiB limit_rate {args.limit_rate}", slow.url("big.bin"),
+                                           args.size_mib * MiB, big_sha256, [*each(None), ARIA2C], args.runs)
+                cases.throttled_small = Case(f"{args.small_size_mib} MiB limit_rate {args.limit_rate}",
+                                             slow.url("small.bin"), args.small_size_mib * MiB, small_sha256,
+                                             [*each(None, 16), ARIA2C], args.runs)
             for case in cases.all():
                 run_case(case, work)
-            if args.big_size_mib:
+            if args.big_size_mib and not args.tiny_only:
                 for name in ("big.bin", "small.bin"):
                     (www / name).unlink()  # make room: the big file and its copy next
                 print(f"\nmaking a {args.big_size_mib} MiB file ...", flush=True)
