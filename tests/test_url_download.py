@@ -590,6 +590,17 @@ async def test_proxy_from_the_environment_is_used(file_server, tmp_path, monkeyp
     assert any(r.url == url and r.method == "GET" for r in proxy.requests), proxy.requests
 
 
+async def test_a_host_in_no_proxy_is_fetched_directly_though_a_proxy_is_set(file_server, tmp_path, monkeypatch):
+    data = payload(100 * KiB)
+    url = file_server.add_file("/direct.bin", data)
+    with ForwardProxy() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.base_url)
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        assert_complete(await collect(url, tmp_path), data)
+    assert proxy.requests == []
+
+
 # ---- crash and disk --------------------------------------------------------------------
 
 @pytest.mark.timeout(90)

@@ -7,9 +7,12 @@ retries or progress bars.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from ._base import Provider
-from ._local import LocalStore
+
+if TYPE_CHECKING:  # what is on disk: only the inventory's faces need it, not a download
+    from ._local import LocalStore
 
 # name -> "module:Class"; imported on first use so a provider's dependencies load only when needed.
 _REGISTRY: dict[str, str] = {
@@ -23,7 +26,7 @@ _REGISTRY: dict[str, str] = {
 _LOCAL_STORES: dict[str, str] = {
     "huggingface": "modelpull.providers._hf_cache:HubCacheStore",  # MLX models live in the same cache
     "ollama": "modelpull.providers._ollama_store:OllamaStore",
-    "url": "modelpull.providers.url:UrlFolder",
+    "url": "modelpull.providers._url_folder:UrlFolder",
 }
 _ALIASES: dict[str, str] = {"hf": "huggingface", "http": "url", "https": "url"}
 
@@ -66,4 +69,4 @@ def provider_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-__all__ = ["LocalStore", "Provider", "canonical_name", "get_provider", "local_stores", "provider_names"]
+__all__ = ["Provider", "canonical_name", "get_provider", "local_stores", "provider_names"]

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import base64
 import http.client
+import os
 import socket
 import threading
-import urllib.request
 from typing import Mapping
 from urllib.parse import unquote, urlsplit
 
@@ -216,6 +216,16 @@ class WireResponse:
         self._wire._give_back(self._key, self._connection if reusable else None)
 
 
+def environment_proxies() -> dict[str, str]:
+    """HTTP(S)_PROXY and NO_PROXY as urllib reads them; {} when neither proxy is set (NO_PROXY alone
+    changes nothing)."""
+    if not any(value and name.lower() in ("http_proxy", "https_proxy") for name, value in os.environ.items()):
+        return {}
+    import urllib.request  # its imports (tempfile, ...) cost a download without a proxy ~5 ms
+
+    return urllib.request.getproxies_environment()
+
+
 class Wire:
     """Connections for the engine's threads. Thread-safe; one per download or per server."""
 
@@ -235,7 +245,7 @@ class Wire:
         self._idle: dict[tuple, list[http.client.HTTPConnection]] = {}
         self._slots: dict[tuple, threading.BoundedSemaphore] = {}
         self._tls_context = None
-        self._proxies = urllib.request.getproxies_environment()
+        self._proxies = environment_proxies()
 
     def request(
         self,
@@ -296,9 +306,11 @@ class Wire:
 
     def _proxy_for(self, scheme: str, host: str) -> str | None:
         proxy = self._proxies.get(scheme)
-        if not proxy or urllib.request.proxy_bypass_environment(host, self._proxies):
+        if not proxy:
             return None
-        return proxy
+        import urllib.request  # imported already by environment_proxies() when a proxy is set
+
+        return None if urllib.request.proxy_bypass_environment(host, self._proxies) else proxy
 
     def _take_slot(self, key: tuple, signal: AbortSignal | None) -> None:
         if self.limit_per_host <= 0:
