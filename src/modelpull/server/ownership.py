@@ -1,8 +1,8 @@
 """One server per models dir: a second `modelpull serve` on the same folder refuses to start.
 
 Two servers with their own SQLite job stores would each resume the other's jobs and fight
-over the same files. The first server holds `<models dir>/.modelpull/server.lock` (a
-`filelock`, released by the kernel if the server dies) and writes its pid beside it, so the
+over the same files. The first server holds `<models dir>/.modelpull/server.lock` (an
+`flock`, released by the kernel if the server dies) and writes its pid beside it, so the
 second can say which process owns the folder.
 """
 from __future__ import annotations
