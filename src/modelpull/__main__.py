@@ -1,4 +1,4 @@
 """`python -m modelpull`: the same as the `modelpull` command."""
-from .cli import main
+from .cli import run
 
-raise SystemExit(main())
+run()
