@@ -13,8 +13,8 @@ import pytest
 from rich.console import Console
 
 from modelpull._progress import DownloadProgress, DownloadStatus
-from modelpull._bars import BarsView, LogView
-from modelpull.cli import main
+from modelpull._bars import BarsView
+from modelpull.cli import LogView, main
 
 from interrupted_pull import pull_interrupted
 
@@ -116,7 +116,8 @@ HEAVY_FOR_A_URL = (
 )
 
 
-def test_a_plain_url_pull_imports_none_of_the_heavy_modules(file_server, home):
+@pytest.mark.parametrize("output", [["--quiet"], ["--json"], []], ids=["quiet", "json", "log-lines-to-a-pipe"])
+def test_a_plain_url_pull_imports_none_of_the_heavy_modules(file_server, home, output):
     data = _data(1024)
     url = file_server.add_file("/tiny.bin", data)
     report = (
@@ -128,12 +129,17 @@ def test_a_plain_url_pull_imports_none_of_the_heavy_modules(file_server, home):
         "sys.exit(status)\n"
     )
     env = {k: v for k, v in _env(home).items() if not k.lower().endswith("_proxy")}  # a proxy needs urllib
+    env.pop("FORCE_COLOR", None)
+    env.pop("TTY_COMPATIBLE", None)
     result = subprocess.run(
-        [sys.executable, "-c", report, "pull", url, "--sha256", hashlib.sha256(data).hexdigest(), "--quiet"],
+        [sys.executable, "-c", report, "pull", url, "--sha256", hashlib.sha256(data).hexdigest(), *output],
         capture_output=True, text=True, timeout=60, env=env, cwd=home.parent,
     )
     assert result.returncode == 0, result.stderr
     assert _lines(result.stdout)[-1].strip() == "imported:", result.stdout
+    if not output:  # the log's lines, without rich
+        assert _lines(result.stderr)[0].startswith("starting: ")
+        assert _lines(result.stderr)[-1].startswith("✓ Downloaded tiny.bin")
 
 
 def test_json_prints_one_progress_object_per_line_ending_complete(file_server, home):
@@ -302,7 +308,7 @@ def test_bars_show_a_total_a_row_per_moving_file_and_the_latest_notice():
 def test_log_view_prints_new_messages_and_a_heartbeat_not_every_item():
     out = io.StringIO()
     now = [0.0]
-    view = LogView(Console(file=out, width=200), clock=lambda: now[0])
+    view = LogView(out, clock=lambda: now[0])
     downloading = dict(downloaded_bytes=1, total_bytes=10, percent=10.0)
     view.show(_item(DownloadStatus.STARTING, "Starting"))
     for step in range(50):  # 5 s of items at ten a second, same message

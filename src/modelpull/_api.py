@@ -361,8 +361,13 @@ def _progress_callback(
         return progress, None
     if not progress:
         return None, None
-    from ._bars import BarsView, LogView, console  # the CLI's views; rich is imported only now
+    from .cli import LogView, plain_log  # the CLI's views
 
-    errors = console(sys.stderr)
-    view = BarsView(errors, label=label) if errors.is_terminal else LogView(errors)
+    if plain_log(sys.stderr):
+        view = LogView(sys.stderr)
+    else:
+        from ._bars import BarsView, console  # rich is imported only for bars
+
+        errors = console(sys.stderr)
+        view = BarsView(errors, label=label) if errors.is_terminal else LogView(sys.stderr)
     return view.show, view.finish

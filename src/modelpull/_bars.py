@@ -1,6 +1,6 @@
-"""What `modelpull pull` shows on a terminal (rich bars) or in a log (plain lines).
+"""What `modelpull pull` shows on a terminal: rich bars (plain log lines are cli.LogView).
 
-Kept apart from cli.py so that `--quiet` and `--json` runs never import rich.
+Kept apart from cli.py so that runs without bars (`--quiet`, `--json`, a log) never import rich.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from rich.text import Text
 
 from ._progress import DownloadProgress, DownloadStatus
 from ._units import format_bytes, format_seconds
-from .cli import View
+from .cli import View, is_notice
 
 
 def console(stream: TextIO) -> Console:
@@ -26,50 +26,6 @@ def console(stream: TextIO) -> Console:
 def done_line(stream: TextIO, message: str, took: str) -> None:
     """The last line of a successful pull: a green tick, the message, the time taken."""
     console(stream).print(Text.assemble(("✓ ", "green"), message, (took, "dim")))
-
-
-class LogView(View):
-    """Plain lines for a log file or a pipe: every new message, and a heartbeat while downloading."""
-
-    HEARTBEAT = 10.0  # seconds between progress lines when nothing else changes
-    MIN_GAP = 1.0  # seconds between lines for changing download messages
-
-    def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic, prefix: str = "") -> None:
-        self._console = console
-        self._clock = clock
-        self._prefix = prefix  # the reference, when one call pulls several
-        self._last: tuple[DownloadStatus, str] | None = None
-        self._last_time = float("-inf")
-
-    def show(self, item: DownloadProgress) -> None:
-        if item.status.is_terminal:
-            return  # the final line is printed by the command
-        now = self._clock()
-        changed = (item.status, item.message) != self._last
-        if item.status is DownloadStatus.DOWNLOADING:
-            status_changed = self._last is None or self._last[0] is not item.status
-            due = now - self._last_time >= (self.MIN_GAP if changed else self.HEARTBEAT)
-            if not (status_changed or due or (changed and _is_notice(item))):
-                return
-        elif not changed:
-            return
-        self._last, self._last_time = (item.status, item.message), now
-        line = f"{self._prefix}{item.status.value}: {item.message}"
-        if item.status is DownloadStatus.DOWNLOADING and item.downloaded_bytes is not None:
-            line += f" [{_progress_summary(item)}]"
-        self._console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def _progress_summary(item: DownloadProgress) -> str:
-    parts = []
-    if item.percent is not None:
-        parts.append(f"{item.percent:.1f}%")
-    parts.append(f"{format_bytes(item.downloaded_bytes)} / {format_bytes(item.total_bytes)}")
-    if item.speed_bps:
-        parts.append(f"{format_bytes(item.speed_bps)}/s")
-    if item.eta_seconds is not None:
-        parts.append(f"ETA {format_seconds(item.eta_seconds)}")
-    return ", ".join(parts)
 
 
 class _SpeedColumn(ProgressColumn):
@@ -237,7 +193,7 @@ class _StatusLine:
             self._message, self._notice = "", None
             return
         self._message = item.message
-        if _is_notice(item):
+        if is_notice(item):
             self._notice = (item.message, self._clock())
 
     def __rich__(self) -> Text | Group:
@@ -246,18 +202,6 @@ class _StatusLine:
         if not self._message:
             return Group()  # no blank line under the final bars
         return Text(self._message, style="dim", overflow="ellipsis", no_wrap=True)
-
-
-# Words that mark a message the user should not miss (the engine reports retries, stalls and
-# restarts as messages on DOWNLOADING items).
-_NOTICE_WORDS = ("retry", "restart", "reconnect", "stall", "waiting", "paused")
-
-
-def _is_notice(item: DownloadProgress) -> bool:
-    text = item.message.lower()
-    return item.status is DownloadStatus.PAUSED or any(word in text for word in _NOTICE_WORDS)
-
-
 
 
 # ---------------------------------------------------------------------------------------

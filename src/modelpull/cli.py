@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 from . import __version__
 from ._api import data_location, download_model
@@ -276,6 +276,73 @@ class JsonView(View):
         self._out.flush()
 
 
+def plain_log(stream: TextIO) -> bool:
+    """True for a pipe or a file that nothing (rich's FORCE_COLOR, TTY_COMPATIBLE) asks to treat as
+    a terminal: plain log lines, decided without importing rich (a twentieth of a second)."""
+    if "FORCE_COLOR" in os.environ or "TTY_COMPATIBLE" in os.environ:
+        return False  # rich decides
+    try:
+        return not stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return True
+
+
+class LogView(View):
+    """Plain lines for a log file or a pipe: every new message, and a heartbeat while downloading."""
+
+    HEARTBEAT = 10.0  # seconds between progress lines when nothing else changes
+    MIN_GAP = 1.0  # seconds between lines for changing download messages
+
+    def __init__(self, out: TextIO, clock: Callable[[], float] = time.monotonic, prefix: str = "") -> None:
+        self._out = out
+        self._clock = clock
+        self._prefix = prefix  # the reference, when one call pulls several
+        self._last: tuple[DownloadStatus, str] | None = None
+        self._last_time = float("-inf")
+
+    def show(self, item: DownloadProgress) -> None:
+        if item.status.is_terminal:
+            return  # the final line is printed by the command
+        now = self._clock()
+        changed = (item.status, item.message) != self._last
+        if item.status is DownloadStatus.DOWNLOADING:
+            status_changed = self._last is None or self._last[0] is not item.status
+            due = now - self._last_time >= (self.MIN_GAP if changed else self.HEARTBEAT)
+            if not (status_changed or due or (changed and is_notice(item))):
+                return
+        elif not changed:
+            return
+        self._last, self._last_time = (item.status, item.message), now
+        line = f"{self._prefix}{item.status.value}: {item.message}"
+        if item.status is DownloadStatus.DOWNLOADING and item.downloaded_bytes is not None:
+            line += f" [{_progress_summary(item)}]"
+        self._out.write(line + "\n")
+        self._out.flush()
+
+
+def _progress_summary(item: DownloadProgress) -> str:
+    parts = []
+    if item.percent is not None:
+        parts.append(f"{item.percent:.1f}%")
+    parts.append(f"{format_bytes(item.downloaded_bytes)} / {format_bytes(item.total_bytes)}")
+    if item.speed_bps:
+        parts.append(f"{format_bytes(item.speed_bps)}/s")
+    if item.eta_seconds is not None:
+        parts.append(f"ETA {format_seconds(item.eta_seconds)}")
+    return ", ".join(parts)
+
+
+# Words that mark a message the user should not miss (the engine reports retries, stalls and
+# restarts as messages on DOWNLOADING items).
+_NOTICE_WORDS = ("retry", "restart", "reconnect", "stall", "waiting", "paused")
+
+
+def is_notice(item: DownloadProgress) -> bool:
+    """A message the user should not miss: a log prints it at once, the bars keep it in view."""
+    text = item.message.lower()
+    return item.status is DownloadStatus.PAUSED or any(word in text for word in _NOTICE_WORDS)
+
+
 # ---------------------------------------------------------------------------------------
 # pull
 
@@ -349,7 +416,10 @@ def _choose_views(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, runs
         return [JsonView(stdout, ref=run.text if several else None) for run in runs]
     if args.quiet:
         return [QuietView() for _ in runs]
-    from ._bars import BarsView, LogView, RefBars, console  # rich costs a twentieth of a second to import
+    prefixes = [f"{run.ref.model}: " if several else "" for run in runs]
+    if plain_log(stderr):
+        return [LogView(stderr, prefix=prefix) for prefix in prefixes]
+    from ._bars import BarsView, RefBars, console  # rich costs a twentieth of a second to import
 
     errors = console(stderr)
     if errors.is_terminal:
@@ -357,7 +427,7 @@ def _choose_views(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, runs
             bars = RefBars(errors)
             return [bars.view(run.ref.model) for run in runs]
         return [BarsView(errors, label=runs[0].ref.model)]
-    return [LogView(errors, prefix=f"{run.ref.model}: " if several else "") for run in runs]
+    return [LogView(stderr, prefix=prefix) for prefix in prefixes]
 
 
 def pull(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
@@ -431,10 +501,14 @@ def pull(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
                 status = fail(f"cannot write {args.output}: {exc.strerror or exc}")
                 continue
         if not args.quiet and not args.json:
-            from ._bars import done_line
-
             elapsed = time.monotonic() - started
-            done_line(stderr, final.message, f" in {format_seconds(elapsed)}" if elapsed >= 1 else "")
+            took = f" in {format_seconds(elapsed)}" if elapsed >= 1 else ""
+            if plain_log(stderr):
+                print(f"✓ {final.message}{took}", file=stderr, flush=True)
+            else:
+                from ._bars import done_line
+
+                done_line(stderr, final.message, took)
         if not args.json:
             try:
                 print(final.local_path, file=stdout, flush=True)
