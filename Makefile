@@ -24,7 +24,7 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: install
 	$(BIN)/python bench/transfer.py
 
 clean:

@@ -109,6 +109,34 @@ def working_cli(path: Path) -> str | None:
     return None if probe.returncode == 0 else f"{path} pull --help failed: {probe.stderr.strip()[-300:]}"
 
 
+_STALE_BYTECODE = """
+import importlib.util, pathlib, modelpull
+stale = 0
+for source in pathlib.Path(modelpull.__file__).parent.rglob("*.py"):
+    try:
+        header = pathlib.Path(importlib.util.cache_from_source(str(source))).read_bytes()[:16]
+    except OSError:
+        stale += 1
+        continue
+    info = source.stat()
+    stale += header[8:16] != (int(info.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little") + (
+        info.st_size & 0xFFFFFFFF).to_bytes(4, "little")
+print(stale)
+"""
+
+
+def stale_bytecode(cli: Path) -> str:
+    """How many of modelpull's modules that CLI's Python compiles from source (no .pyc, or an old
+    one): with PYTHONDONTWRITEBYTECODE set, at every start (an editable install has none until
+    `make install` compiles them). "?" for a CLI that is not a Python script."""
+    first_line = cli.read_bytes().split(b"\n", 1)[0]
+    python = first_line[2:].decode().strip() if first_line.startswith(b"#!") else ""
+    if "python" not in Path(python).name:
+        return "?"
+    probe = subprocess.run([python, "-c", _STALE_BYTECODE], capture_output=True, text=True, env=CHILD_ENV)
+    return probe.stdout.strip() or "?"
+
+
 # -------------------------------------------------------------------------------------- runs
 
 
@@ -282,7 +310,10 @@ def print_report(cases: Cases, after: Modelpull, before: Modelpull | None, args:
     about = (f"{platform.node()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
              f"{time.strftime('%Y-%m-%d %H:%M')}; medians of {args.runs} runs, ratios paired by round; "
              f"load average before {args.load_before}, after {load_after}"
-             + (f"; before = {before.cli}" if before else ""))
+             + (f"; before = {before.cli}" if before else "")
+             + (f"; modules without fresh bytecode (compiled at every start, PYTHONDONTWRITEBYTECODE is set): "
+                + (f"before {stale_bytecode(before.cli)}, after " if before else "") + stale_bytecode(after.cli)
+                if os.environ.get("PYTHONDONTWRITEBYTECODE") else ""))
     print("\n" + about + "\n")
     print(_nginx.format_table(issue_headers, issue))
     print()
