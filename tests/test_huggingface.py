@@ -189,7 +189,7 @@ async def test_the_token_goes_to_the_hub_and_never_to_the_cdn(fake_hub, hf_env):
     items = await collect(sample.repo_id, token="hf_reader", **RANGED)
 
     assert final(items).status is DownloadStatus.COMPLETE, final(items).message
-    assert len(fake_hub.cdn_gets()) > 2
+    assert len(fake_hub.cdn_gets()) >= 2  # the probe and at least one more ranged request
     assert fake_hub.cdn_authorization_headers == []
     resolves = [r for r in fake_hub.hub_requests() if "/resolve/" in r.path]
     assert resolves and all(r.headers.get("authorization") == "Bearer hf_reader" for r in resolves)

@@ -481,6 +481,7 @@ async def test_on_a_link_one_connection_fills_the_extra_connections_stop_mid_pie
     # (What follows a "no" is tested here, not the threshold: a wider one keeps a busy
     # machine's noise in the rates from turning the verdict.)
     monkeypatch.setattr(_engine, "RAMP_GAIN", 1.6)
+    monkeypatch.setattr(_engine, "RAMP_PATIENCE", 1.0)  # 8 MiB/s is "slow": measure it anyway
     data = payload(24 * MiB)
     url = file_server.add_file("/shared.bin", data, link_bps=8 * MiB)
     items = await collect(url, tmp_path, multipart_threshold=1 * MiB, piece_size=4 * MiB, connections=4)

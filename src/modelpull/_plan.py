@@ -17,7 +17,7 @@ class TransferOptions:
 
     connections: int = 16  # concurrent connections for one large file (as aria2c -x16, Ollama)
     multipart_threshold: int = 64 * MiB  # files at least this large are split
-    piece_size: int = 16 * MiB  # the unit of work (and of crash-resume loss) in a split file
+    piece_size: int = 8 * MiB  # the unit of work (and of crash-resume loss) in a split file, as aria2c -k8M
     stall_timeout: float = 30.0  # seconds without a byte before reconnecting
     connect_timeout: float = 30.0
     max_retries: int = 5  # failures in a row, without progress, before giving up

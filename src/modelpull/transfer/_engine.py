@@ -2,8 +2,9 @@
 
     probe     GET bytes=0-<piece>: size, validators, whether ranges work (its body is piece 0)
     prepare   <dest>.part at full size, <dest>.part.state with the piece layout
-    fetch     pieces claimed in order by up to `connections` workers, each written at its offset;
-              a dropped or stalled connection resumes its piece, 5xx/429 back off and retry
+    fetch     pieces claimed in order by up to `connections` workers (one piece per request; a
+              connection alone asks for every following piece at once), each written at its
+              offset; a dropped or stalled connection resumes its piece, 5xx/429 back off and retry
     verify    size always; sha256 / git sha1 computed while the bytes arrive (FollowingHasher)
     commit    os.replace(<dest>.part, <dest>): the final path only ever holds a verified file
 
@@ -68,10 +69,15 @@ WRITE_CHUNK = 1024 * 1024  # bytes buffered before a pwrite (and a counter updat
 WRITE_INTERVAL = 0.5  # seconds: on a slow link, write (and record) at least this often
 MAX_RETRY_AFTER = 300.0
 # The connection ramp (see _FileTransfer._ramp_up). Rates come from bytes moved, polled:
-RAMP_POLL = 0.01  # seconds between looks at the byte counter
+RAMP_POLL = 0.005  # seconds between looks at the byte counter
 RAMP_BURST = 1024 * 1024  # a new response's first bytes sit in socket buffers: not its rate
 RAMP_SAMPLE = 1024 * 1024  # bytes per connection that make a rate worth trusting (50 ms at 20 MB/s)
 RAMP_WINDOW = 0.3  # seconds: the longest a measurement waits for its bytes (a slow link)
+# The first connection alone: a link that has not moved RAMP_BURST + RAMP_SAMPLE this soon
+# (under ~40 MiB/s) gets the other connections at once, and they stay: no trial can say "no"
+# from so few bytes, and on such a link extra connections cost no measurable CPU.
+RAMP_PATIENCE = 0.03
+RAMP_TRIAL = 4  # connections a fast first connection is tried against; if they pay, all open
 RAMP_SETTLE = 0.2  # seconds: the longest wait for new connections' first response headers
 RAMP_RETRY = 2.0  # seconds before trying more connections again after a trial said no
 RAMP_GAIN = 1.2  # more connections stay only if they are at least this much faster
@@ -117,6 +123,17 @@ class _Retryable(Exception):
         self.delay = delay
         self.stall = stall
         self.status = status  # the HTTP status that caused it, if one did
+
+
+class _Run:
+    """Consecutive pieces one connection fetches with one request: `current` is being written,
+    the ones up to `end` (exclusive) follow. `end` falls when more connections share them."""
+
+    __slots__ = ("current", "end")
+
+    def __init__(self, first: int, end: int) -> None:
+        self.current = first
+        self.end = end
 
 
 class _GiveBack(Exception):
@@ -452,7 +469,8 @@ class _FileTransfer:
         # (not at the end of its piece) and gives its piece back: the one connection left
         # resumes those pieces from their counters. Read by the I/O threads under self._lock.
         self._shed = False
-        self._in_flight: set[int] = set()  # pieces being fetched
+        self._runs: set[_Run] = set()  # what each running worker holds
+        self._in_flight: set[int] = set()  # pieces being written now (each run's current one)
         self._leaving: set[int] = set()  # ... whose streams stopped to give them back
         self._ramp: asyncio.Task | None = None
         first_response = probe if (probe is not None and pending[0] == 0) else None
@@ -471,46 +489,73 @@ class _FileTransfer:
 
         Against a server that caps each connection (a CDN, `limit_rate`), `most` connections
         are `most` times faster. On a link one connection already fills (loopback, a LAN), the
-        extra connections only cost CPU. So the first connection runs alone until it has moved
-        RAMP_SAMPLE bytes past its socket buffers' burst (50 ms at 20 MB/s, a few
-        milliseconds on a fast link), then all of them open; once their responses have begun
-        and they have moved RAMP_SAMPLE bytes each (past their own burst), they stay if at least
-        RAMP_GAIN times faster than the one. If not, every stream but the front one stops at its
-        next buffer and gives its piece back (`_shed`), so that a trial costs a fast link its
-        measuring window, not the extra connections' whole pieces. A "no" is not final: one
-        noisy window must not leave a capped
-        download on one connection, so the trial runs again after RAMP_RETRY seconds, then
-        twice that, and so on. A server that answers an extra connection with 429 or 503
-        lowers the ceiling for good (`_refused`): the ramp never asks for more again.
+        extra connections only cost CPU (and the hasher reads their pieces back from the page
+        cache). So the first connection runs alone until it has moved RAMP_SAMPLE bytes past
+        its socket buffers' burst:
+        - not within RAMP_PATIENCE (a capped connection: 20 MB/s moves ~0.6 MB past its burst
+          in 30 ms): all the others open at once and stay, no rate needed;
+        - within it (a few milliseconds on a fast link): RAMP_TRIAL connections are tried; once
+          their responses have begun and they have moved RAMP_SAMPLE bytes each past their own
+          burst, all the others join if they were at least RAMP_GAIN times faster than the one.
+          If not, every stream but the front one stops at its next buffer and gives its piece
+          back (`_shed`): a trial costs a fast link a few connections' measuring window.
+        A "no" is not final: one noisy window must not leave a capped download on one
+        connection, so the trial runs again after RAMP_RETRY seconds, then twice that, and so
+        on. A server that answers an extra connection with 429 or 503 lowers the ceiling for
+        good (`_refused`): the ramp never asks for more again.
 
-        (A first step of two connections, to spare a full link the extra ones, was tried and
-        dropped: against nginx's limit_rate two connections often did not look 1.5x faster
-        than one, and a capped 1 GiB download took 14 s instead of 7 s in bench/transfer.py.)
+        (A first step of two connections was tried and dropped: against nginx's limit_rate two
+        connections often did not look 1.5x faster than one. Waiting for the first connection's
+        rate before opening the others cost a capped 256 MiB download a tenth of its time.)
         """
         pause = RAMP_RETRY
-        while self._pending and self._ceiling > 1:
+        patience: float | None = RAMP_PATIENCE  # only the first trial: later ones measure
+        while self._shareable() and self._ceiling > 1:
             while self._running > 1:  # the last trial's extra workers finish their pieces first
                 await asyncio.sleep(RAMP_POLL)
-            await self._rate_over(RAMP_BURST, RAMP_WINDOW)
-            single, _ = await self._rate_over(RAMP_SAMPLE, RAMP_WINDOW)
-            if not self._pending or self._ceiling <= 1:
+            single = await self._single_rate(patience)
+            patience = None
+            if not self._shareable() or self._ceiling <= 1:
                 return
-            wanted = self._ceiling
-            self._allowed = wanted
-            self._shed = False
-            for _ in range(wanted - self._running):
-                group.create_task(self._worker(None))
+            wanted = self._ceiling if single is None else min(self._ceiling, RAMP_TRIAL)
+            self._let_fetch(group, wanted)
+            if single is None:
+                return  # a slow first connection: the others stay
             await self._answers(wanted, RAMP_SETTLE)  # handshakes are not the connections' speed,
             await self._rate_over(RAMP_BURST, RAMP_WINDOW)  # nor their first buffered bytes
             together, moved = await self._rate_over(RAMP_SAMPLE * wanted, RAMP_WINDOW)
-            if together >= single * RAMP_GAIN or self._allowed < wanted or not self._pending:
-                return  # faster, or the server set the number (`_refused`), or nothing left to share
+            if self._allowed < wanted or not self._shareable():
+                return  # the server set the number (`_refused`), or nothing is left to share
+            if together >= single * RAMP_GAIN:
+                self._let_fetch(group, self._ceiling)  # faster: the rest join, no second trial
+                return
             if moved < RAMP_SAMPLE:
-                return  # too few bytes to say no (a stalled window, a busy machine): keep them
+                self._let_fetch(group, self._ceiling)  # too few bytes to say no (a stalled window): all stay
+                return
             self._allowed = 1
             self._shed = True  # the extra streams stop at their next buffer
             await asyncio.sleep(pause)
             pause *= 2
+
+    def _let_fetch(self, group: asyncio.TaskGroup, wanted: int) -> None:
+        """Let `wanted` workers fetch at once, starting the missing ones."""
+        self._allowed = wanted
+        self._shed = False
+        self._cut_runs()
+        for _ in range(wanted - self._running):
+            group.create_task(self._worker(None))
+
+    async def _single_rate(self, patience: float | None) -> float | None:
+        """The lone connection's rate past its burst; None if it was still slower than `patience` allows."""
+        began = time.monotonic()
+        _, burst = await self._rate_over(RAMP_BURST, RAMP_WINDOW if patience is None else patience)
+        if patience is not None and burst < RAMP_BURST:
+            return None
+        left = None if patience is None else patience - (time.monotonic() - began)
+        rate, moved = await self._rate_over(RAMP_SAMPLE, RAMP_WINDOW if left is None else max(left, RAMP_POLL))
+        if patience is not None and moved < RAMP_SAMPLE:
+            return None
+        return rate
 
     async def _rate_over(self, least_bytes: int, most_seconds: float) -> tuple[float, int]:
         """(bytes per second, bytes) from now until `least_bytes` have moved or `most_seconds` passed."""
@@ -518,13 +563,13 @@ class _FileTransfer:
         while True:
             await asyncio.sleep(RAMP_POLL)
             moved, elapsed = self.progress.done - before, time.monotonic() - began
-            if moved >= least_bytes or elapsed >= most_seconds or not self._pending:
+            if moved >= least_bytes or elapsed >= most_seconds or not self._shareable():
                 return moved / elapsed, moved
 
     async def _answers(self, workers: int, most_seconds: float) -> None:
         """Wait until `workers` requests have their response headers (or `most_seconds`)."""
         deadline = time.monotonic() + most_seconds
-        while self._answered < min(workers, self._running) and time.monotonic() < deadline and self._pending:
+        while self._answered < min(workers, self._running) and time.monotonic() < deadline and self._shareable():
             await asyncio.sleep(RAMP_POLL)
 
     def _refused(self) -> None:
@@ -532,26 +577,82 @@ class _FileTransfer:
         self._ceiling = max(1, min(self._ceiling, self._running - 1))
         self._allowed = min(self._allowed, self._ceiling)
 
+    # -- who fetches what ---------------------------------------------------------------------
+
+    def _shareable(self) -> bool:
+        """Whether another connection would find work: a piece nobody holds, or a run to cut."""
+        if self._pending:
+            return True
+        with self._lock:
+            return any(run.end - run.current >= 2 for run in self._runs)
+
+    def _claim(self, one: bool = False) -> _Run | None:
+        """The next pieces for a worker, from the first one nobody holds; None when none is left.
+
+        With several connections a run is one piece, so that the file fills from its start
+        (the hasher follows it from memory) and the last pieces end together. A connection
+        alone (or `one`) takes every untouched piece that follows, in one request: a link that one
+        connection fills pays no round trip per piece. When more connections open, that run
+        is cut after its current piece (`_cut_runs`).
+        """
+        assert self.state is not None
+        if not self._pending:
+            return None
+        first = self._pending.pop(0)
+        end = first + 1
+        if self._allowed == 1 and not one:
+            while self._pending and self._pending[0] == end and self.state.done[end] == 0:
+                self._pending.pop(0)
+                end += 1
+        run = _Run(first, end)
+        with self._lock:
+            self._runs.add(run)
+            self._in_flight.add(first)
+        return run
+
+    def _cut_runs(self) -> None:
+        """Runs end after their current piece, the rest back in the pool: more connections share them.
+
+        Their streams stop at that piece's end (the response, asked for more, is closed unread).
+        """
+        with self._lock:
+            returned = []
+            for run in self._runs:
+                returned.extend(range(run.current + 1, run.end))
+                run.end = min(run.end, run.current + 1)
+        for index in returned:
+            bisect.insort(self._pending, index)
+
+    def _release(self, run: _Run, give_back: bool) -> None:
+        """A worker is done with `run`; with `give_back`, its unfinished pieces go back to the pool."""
+        with self._lock:
+            self._runs.discard(run)
+            self._in_flight.discard(run.current)
+            self._leaving.discard(run.current)
+            unfinished = [i for i in range(run.current, run.end) if not self._piece_complete(i)] if give_back else []
+        for index in unfinished:
+            bisect.insort(self._pending, index)  # another connection takes it
+
     async def _worker(self, response: WireResponse | None) -> None:
         self._running += 1
         try:
-            # Workers beyond `_allowed` stop between pieces; those giving a piece back do not
+            # Workers beyond `_allowed` stop between runs; those giving a piece back do not
             # count, so that the last one staying never leaves too.
-            while self._pending and self._running - len(self._leaving) <= self._allowed:
-                index = self._pending.pop(0)
-                with self._lock:
-                    self._in_flight.add(index)
+            while self._running - len(self._leaving) <= self._allowed:
+                run = self._claim(one=response is not None)  # the probe's response is piece 0's alone
+                if run is None:
+                    break
                 try:
-                    await self._fetch_piece(index, response)
+                    await self._fetch_run(run, response)
                 except _GiveBack as given_back:
-                    bisect.insort(self._pending, index)  # another connection takes it
+                    self._release(run, give_back=True)
                     if isinstance(given_back, _Refused):
                         self._refused()
                     return
-                finally:
-                    with self._lock:
-                        self._in_flight.discard(index)
-                        self._leaving.discard(index)
+                except BaseException:
+                    self._release(run, give_back=True)
+                    raise
+                self._release(run, give_back=False)
                 response = None
         finally:
             self._running -= 1
@@ -625,45 +726,53 @@ class _FileTransfer:
         start, end = self.state.layout.piece_bounds(index)
         return end is not None and self.state.done[index] >= end - start
 
-    async def _fetch_piece(self, index: int, response: WireResponse | None) -> None:
-        """Bring one piece to disk, reconnecting where it stopped until it is whole."""
+    def _run_complete(self, run: _Run) -> bool:
+        with self._lock:
+            return all(self._piece_complete(index) for index in range(run.current, run.end))
+
+    async def _fetch_run(self, run: _Run, response: WireResponse | None) -> None:
+        """Bring a run of pieces to disk, reconnecting where it stopped until it is whole."""
         assert self.state is not None
-        start, end = self.state.layout.piece_bounds(index)
+        layout = self.state.layout
         failures = 0
         while True:
-            before = self.state.done[index]
-            offset = start + before
-            if end is not None and offset >= end:
+            index = run.current
+            start, end = layout.piece_bounds(index)
+            before = (index, self.state.done[index])
+            offset = start + self.state.done[index]
+            if end is not None and offset >= end and self._run_complete(run):
                 return
             answered = False
             try:
                 if response is None:
-                    byte_range = f"bytes={offset}-" if end is None else f"bytes={offset}-{end - 1}"
-                    response = await self._request(byte_range, if_range=self.state.layout.validator)
+                    _, last = layout.piece_bounds(run.end - 1)
+                    byte_range = f"bytes={offset}-" if last is None else f"bytes={offset}-{last - 1}"
+                    response = await self._request(byte_range, if_range=layout.validator)
                 self._answered += 1
                 answered = True
                 self._accept(response, offset)
                 try:
-                    stopped = await self._in_thread(self._stream_into_piece, response, index, start, end)
+                    stopped = await self._in_thread(self._stream_run, response, run)
                 except (OSError, http.client.HTTPException) as exc:
                     raise self._retryable_from(exc) from None
                 if stopped:
                     raise _GiveBack()
                 if end is None:  # size unknown: the stream's end is the file's end
                     return
-                if self.state.done[index] < end - start:
-                    raise _Retryable(
-                        TransferError(f"the connection closed early while fetching {public_url(self.url)}",
-                                      code="connection_failed"),
-                        "the connection closed early",
-                    )
-                return
+                if self._run_complete(run):
+                    return
+                raise _Retryable(
+                    TransferError(f"the connection closed early while fetching {public_url(self.url)}",
+                                  code="connection_failed"),
+                    "the connection closed early",
+                )
             except _Retryable as retry:
-                if self.state.done[index] > before:
+                if (run.current, self.state.done[run.current]) != before:
                     # The connection made progress before it failed: resume at once, and
                     # the failure does not count against the retries.
                     failures = 0
-                    self.progress.note(f"{retry.reason}; resuming at {format_bytes(start + self.state.done[index])}")
+                    start, _ = layout.piece_bounds(run.current)
+                    self.progress.note(f"{retry.reason}; resuming at {format_bytes(start + self.state.done[run.current])}")
                 elif retry.status in REFUSALS and self._running > 1:
                     self.progress.note(f"{retry.reason} to an extra connection; keeping to {self._running - 1}")
                     raise _Refused() from None
@@ -712,6 +821,29 @@ class _FileTransfer:
         if status == 416:
             raise _RestartFromZero("the server no longer has the range asked for (HTTP 416), the partial data is stale")
         raise self._status_failure(response)
+
+    def _stream_run(self, response: WireResponse, run: _Run) -> bool:
+        """In an I/O thread: read the body into the run's pieces, one after the other.
+
+        True if it stopped early to give its piece back (`_shed`); False when the run is done
+        (cut short by `_cut_runs`: the rest of the response is then closed unread), or the
+        body ended.
+        """
+        assert self.state is not None
+        layout = self.state.layout
+        while True:
+            index = run.current
+            start, end = layout.piece_bounds(index)
+            if self._stream_into_piece(response, index, start, end):
+                return True
+            if end is None or self.state.done[index] < end - start:
+                return False  # the body ended (early, if the piece is short: the caller retries)
+            with self._lock:
+                if index + 1 >= run.end:
+                    return False
+                self._in_flight.discard(index)
+                run.current = index + 1
+                self._in_flight.add(index + 1)
 
     def _stream_into_piece(self, response: WireResponse, index: int, piece_start: int, piece_end: int | None) -> bool:
         """In an I/O thread: read the body into the piece, written each WRITE_CHUNK or WRITE_INTERVAL.
