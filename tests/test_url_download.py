@@ -495,6 +495,52 @@ async def test_on_a_link_one_connection_fills_the_extra_connections_stop_mid_pie
     assert len(resumed) >= len(stopped), "a piece given back was not resumed where it stopped"
 
 
+async def test_a_slow_first_connection_brings_every_other_one_at_once_and_they_stay(file_server, tmp_path):
+    # The first connection moves far less than RAMP_BURST + RAMP_SAMPLE within RAMP_PATIENCE
+    # (2 MiB/s), as a capped one does: the others open without waiting for a rate, and no
+    # trial sends them away (on a link this slow they cost no measurable CPU).
+    data = payload(6 * MiB)
+    url = file_server.add_file("/slow.bin", data, link_bps=2 * MiB)
+    items = await collect(url, tmp_path, multipart_threshold=1 * MiB, piece_size=512 * KiB, connections=4)
+    assert_complete(items, data)
+    gets = file_server.requests_for("/slow.bin", "GET")
+    assert file_server.max_concurrent_gets == 4
+    assert [r for r in gets if r.outcome == "client_closed"] == [], "a connection was sent away"
+
+
+async def test_a_lone_connection_asks_for_every_following_piece_in_one_request(file_server, tmp_path):
+    # One connection: no round trip per piece. After the probe (piece 0), one request for the rest.
+    data = payload(8 * MiB)
+    url = file_server.add_file("/one.bin", data)
+    items = await collect(url, tmp_path, multipart_threshold=1 * MiB, piece_size=1 * MiB, connections=1)
+    assert_complete(items, data)
+    assert [r.range for r in file_server.requests_for("/one.bin", "GET")] == [
+        f"bytes=0-{1 * MiB - 1}", f"bytes={1 * MiB}-{8 * MiB - 1}",
+    ]
+
+
+async def test_when_more_connections_open_a_lone_connections_long_request_stops_after_its_piece(
+    file_server, tmp_path, monkeypatch
+):
+    # The probe's small piece ends while the first connection is still alone (its rate is
+    # measured over 2 MiB at 4 MiB/s), so it asks for every following piece in one request.
+    # When the ramp opens the others, that request is cut after the piece it is writing: the
+    # rest of the pieces are shared one per request, and the first stream closes its response.
+    monkeypatch.setattr(_engine, "RAMP_PATIENCE", 5.0)  # measure the capped connection's rate
+    data = payload(8 * MiB)
+    url = file_server.add_file("/cut.bin", data, throttle_bps=4 * MiB)
+    items = await collect(url, tmp_path, multipart_threshold=1 * MiB, piece_size=256 * KiB, connections=4)
+    assert_complete(items, data)
+    gets = file_server.requests_for("/cut.bin", "GET")
+    long_run = [r for r in gets if r.range == f"bytes={256 * KiB}-{8 * MiB - 1}"]
+    assert len(long_run) == 1, [r.range for r in gets]
+    assert long_run[0].outcome == "client_closed"
+    assert long_run[0].bytes_sent < 8 * MiB - 256 * KiB
+    assert file_server.max_concurrent_gets >= 4  # (the server may see the cut response close late)
+    singles = [r for r in gets if r.range_start and r.range_start % (256 * KiB) == 0 and r is not long_run[0]]
+    assert singles and all(r.range == f"bytes={r.range_start}-{r.range_start + 256 * KiB - 1}" for r in singles)
+
+
 async def test_a_drop_in_one_part_still_completes(file_server, tmp_path):
     data = payload(8 * MiB)
     url = file_server.add_file("/big.bin", data)
