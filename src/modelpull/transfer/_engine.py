@@ -590,10 +590,10 @@ class _FileTransfer:
         """The next pieces for a worker, from the first one nobody holds; None when none is left.
 
         With several connections a run is one piece, so that the file fills from its start
-        (the hasher follows it from memory) and the last pieces end together. A connection
-        alone (or `one`) takes every untouched piece that follows, in one request: a link that one
-        connection fills pays no round trip per piece. When more connections open, that run
-        is cut after its current piece (`_cut_runs`).
+        (the hasher follows close behind) and the last pieces end together. A connection alone
+        (unless `one`: the probe's response holds piece 0 only) takes every untouched piece that
+        follows, in one request: a link that one connection fills pays no round trip per piece.
+        When more connections open, that run is cut after its current piece (`_cut_runs`).
         """
         assert self.state is not None
         if not self._pending:
@@ -639,7 +639,7 @@ class _FileTransfer:
             # Workers beyond `_allowed` stop between runs; those giving a piece back do not
             # count, so that the last one staying never leaves too.
             while self._running - len(self._leaving) <= self._allowed:
-                run = self._claim(one=response is not None)  # the probe's response is piece 0's alone
+                run = self._claim(one=response is not None)
                 if run is None:
                     break
                 try:
