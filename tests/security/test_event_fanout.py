@@ -209,3 +209,53 @@ def test_places_in_line_far_back_are_published_a_few_per_flush_not_all_at_once()
             busy.dirty = True
         said += [j for j in due if j.status == "queued"]
     assert sorted(j.id for j in said) == sorted(j.id for j in queued)  # each once, none lost
+
+
+async def test_a_publish_wakes_the_streams_a_batch_per_turn_of_the_loop():
+    """A thousand streams woken by one publish would all write in one turn of the event loop,
+    with /health waiting behind them: they are woken WAKE_PER_TURN at a time, and every one of
+    them gets the event."""
+    from modelpull.server.fanout import WAKE_PER_TURN, FanOut
+
+    fanout = FanOut(max_streams=1000)
+    streams = [fanout.open() for _ in range(5 * WAKE_PER_TURN)]
+    readers = [asyncio.create_task(stream.next(60)) for stream in streams]
+    await asyncio.sleep(0)  # every reader waits
+    fanout.publish(("job", 1), key=("job", "a"))
+    done_per_turn = []
+    while not all(reader.done() for reader in readers):
+        before = sum(reader.done() for reader in readers)
+        await asyncio.sleep(0)  # one turn of the loop
+        done_per_turn.append(sum(reader.done() for reader in readers) - before)
+    assert max(done_per_turn) <= WAKE_PER_TURN
+    assert len([n for n in done_per_turn if n]) >= 5
+    assert [reader.result() for reader in readers] == [("job", 1)] * len(readers)
+    # A job's own stream (GET /downloads/{id}/events) is woken at once.
+    own = fanout.open(broadcast=False)
+    reader = asyncio.create_task(own.next(60))
+    await asyncio.sleep(0)
+    own.put(("job", 2), key="a")
+    assert fanout.pacer.waiting == 0  # not in line behind the broadcast streams
+    assert await asyncio.wait_for(reader, 10) == ("job", 2)
+
+
+async def test_snapshot_chunks_are_written_a_batch_per_turn_and_in_order():
+    """Streams opening together take turns for their snapshot chunks (a stream that waits holds no
+    buffer), first come first served."""
+    from modelpull.server.fanout import WAKE_PER_TURN, FanOut
+
+    fanout = FanOut()
+    order: list[int] = []
+
+    async def stream(index: int) -> None:
+        await fanout.turn()
+        order.append(index)
+
+    tasks = [asyncio.create_task(stream(index)) for index in range(3 * WAKE_PER_TURN + 1)]
+    granted = []
+    while not all(task.done() for task in tasks):
+        before = len(order)
+        await asyncio.sleep(0)
+        granted.append(len(order) - before)
+    assert max(granted) <= WAKE_PER_TURN
+    assert order == list(range(len(tasks)))

@@ -182,7 +182,7 @@ def _object(body: Any, known: set[str]) -> dict[str, Any]:
     return body
 
 
-def _event_stream(content: AsyncIterator[str], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def _event_stream(content: AsyncIterator[str | bytes], status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return StreamingResponse(content, status_code=status, media_type="text/event-stream",
                              headers={**sse.HEADERS, **(headers or {})})
 

@@ -906,8 +906,8 @@ class DownloadManager:
         stream that lags holds only the newest state of each."""
         self._seq += 1
         if self.fanout.open_streams:
-            # One frame for every /events stream: the text is built once, the queues hold references.
-            self.fanout.publish((self._seq, frame(data, self._seq, kind)), key)
+            # One frame for every /events stream: encoded once, the queues hold references.
+            self.fanout.publish((self._seq, frame(data, self._seq, kind).encode()), key)
 
     @property
     def last_seq(self) -> int:

@@ -1,4 +1,5 @@
-"""Server-Sent Events: the streams the server offers, as async generators of text.
+"""Server-Sent Events: the streams the server offers, as async generators of text (or of bytes
+encoded once and shared by every stream, for `/events`).
 
     job_events()           one job's JSON on every change; ends after its final state
     abstractcore_events()  AbstractCore's `data: {status, message, percent, ...}` then done/error
@@ -151,45 +152,49 @@ async def error_events(message: str) -> AsyncIterator[str]:
 # ---------------------------------------------------------------------- every job
 
 
-async def all_events(manager: DownloadManager) -> AsyncIterator[str]:
+async def all_events(manager: DownloadManager) -> AsyncIterator[str | bytes]:
     """`GET /events`: a snapshot (every job, every engine, then `ready`), then every change. A
     subscriber that falls behind is sent `resync` and a fresh snapshot."""
     subscriber = manager.subscribe_all()
     try:
         yield f"retry: {RETRY_MS}\n"  # no blank line: it belongs to the snapshot's first frame
         shown = await _snapshot_after(manager, manager.last_seq)
-        async for text in _chunks(shown[1]):
-            yield text
+        async for chunk in _chunks(manager, shown[1]):
+            yield chunk
         async for event in _events(subscriber):
             if event is KEEPALIVE:
                 yield ": keep-alive\n\n"
             elif event is RESYNC:
                 yield frame("{}", manager.last_seq, "resync")
                 shown = await _snapshot_after(manager, manager.last_seq)
-                async for text in _chunks(shown[1]):
-                    yield text
+                async for chunk in _chunks(manager, shown[1]):
+                    yield chunk
             else:  # this event and a few more waiting, in one write; the snapshot had the older ones
                 batch = (event, *subscriber.drain(BATCH_EVENTS))
-                text = "".join(queued[1] for queued in batch if queued[0] > shown[0])
-                if text:
-                    yield text
+                data = b"".join(queued[1] for queued in batch if queued[0] > shown[0])
+                if data:
+                    yield data
     finally:
         manager.unsubscribe_all(subscriber)
 
 
-async def _chunks(chunks: list[str]) -> AsyncIterator[str]:
+async def _chunks(manager: DownloadManager, chunks: list[bytes]) -> AsyncIterator[bytes]:
+    """The snapshot's chunks, each at this stream's turn: a thousand streams opening at once write
+    a few dozen chunks per turn of the event loop, not a thousand."""
     for chunk in chunks:
+        await manager.fanout.turn()
         yield chunk
-        await asyncio.sleep(0)
 
 
-async def _snapshot_after(manager: DownloadManager, subscribed_at: int) -> tuple[int, list[str]]:
-    """The snapshot as chunks of frames, all with the id of the last event before it was rendered.
+async def _snapshot_after(manager: DownloadManager, subscribed_at: int) -> tuple[int, list[bytes]]:
+    """The snapshot as chunks of frames (encoded), all with the id of the last event before it was
+    rendered.
 
     It is rendered once and shared by every stream subscribed before that event id (a thousand
-    streams opening at once render it once and hold references to one copy), under a lock, yielding
-    to the event loop between chunks. A stream subscribed at `subscribed_at` takes a snapshot at
-    least that new: the events it queued since are older or newer, and it drops the older ones.
+    streams opening at once render it once and hold references to one copy of its bytes), under a
+    lock, yielding to the event loop between chunks. A stream subscribed at `subscribed_at` takes a
+    snapshot at least that new: the events it queued since are older or newer, and it drops the
+    older ones.
     """
     fanout = manager.fanout
     async with fanout.snapshot_gate:
@@ -197,12 +202,13 @@ async def _snapshot_after(manager: DownloadManager, subscribed_at: int) -> tuple
         if cached is not None and cached[0] >= subscribed_at:
             return cached
         seq, jobs, engines = manager.snapshot()
-        chunks: list[str] = []
+        chunks: list[bytes] = []
         for start in range(0, len(jobs), SNAPSHOT_CHUNK):
-            chunks.append("".join(frame(job.event_data(), seq, "job") for job in jobs[start:start + SNAPSHOT_CHUNK]))
+            text = "".join(frame(job.event_data(), seq, "job") for job in jobs[start:start + SNAPSHOT_CHUNK])
+            chunks.append(text.encode())
             await asyncio.sleep(0)
         parts = [frame(json.dumps(engine, separators=(",", ":")), seq, "engine") for engine in engines]
         parts.append(frame(json.dumps({"jobs": len(jobs), "engines": len(engines)}), seq, "ready"))
-        chunks.append("".join(parts))
+        chunks.append("".join(parts).encode())
         fanout.snapshot_cache = (seq, chunks)
         return seq, chunks
