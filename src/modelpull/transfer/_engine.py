@@ -255,6 +255,11 @@ class _FileTransfer:
         self._committed = False
         self._discard = False  # delete the partial when this attempt ends (it is of no use)
         self._lock = threading.Lock()  # the fields below are shared by the streaming threads
+        # One pwrite() at a time: Linux takes the file's inode lock for every buffered write
+        # (ext4, XFS, btrfs), so concurrent writes to one file queue there anyway, and while
+        # they wait the kernel spins (rwsem_spin_on_owner: a quarter of a 16-connection
+        # download's CPU in `perf`, bench/README.md). Waiting on this lock, they sleep.
+        self._write_gate = threading.Lock()
         self._unflushed = 0
         self._last_flush = time.monotonic()
         self._changed: set[int] = set()  # pieces written since the last claim
@@ -907,12 +912,13 @@ class _FileTransfer:
         offset = piece_start + written
         try:
             rest = data
-            while rest:
-                count = os.pwrite(self.fd, rest, offset)
-                if count == 0:  # a short write that made no progress: the disk is full
-                    raise OSError(errno.ENOSPC, "no space left on device")
-                rest = rest[count:]
-                offset += count
+            with self._write_gate:
+                while rest:
+                    count = os.pwrite(self.fd, rest, offset)
+                    if count == 0:  # a short write that made no progress: the disk is full
+                        raise OSError(errno.ENOSPC, "no space left on device")
+                    rest = rest[count:]
+                    offset += count
         except OSError as exc:
             kept = offset - (piece_start + written)
             if kept:
