@@ -23,7 +23,6 @@ from ._errors import ModelPullError
 from ._units import format_bytes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-COMMANDS = ("list", "show", "verify", "rm", "prune")
 
 
 def add_commands(commands: Any) -> None:

@@ -416,18 +416,16 @@ def _choose_views(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, runs
         return [JsonView(stdout, ref=run.text if several else None) for run in runs]
     if args.quiet:
         return [QuietView() for _ in runs]
-    prefixes = [f"{run.ref.model}: " if several else "" for run in runs]
-    if plain_log(stderr):
-        return [LogView(stderr, prefix=prefix) for prefix in prefixes]
-    from ._bars import BarsView, RefBars, console  # rich costs a twentieth of a second to import
+    if not plain_log(stderr):  # rich decides whether stderr is a terminal (FORCE_COLOR, TTY_COMPATIBLE)
+        from ._bars import BarsView, RefBars, console  # rich costs a twentieth of a second to import
 
-    errors = console(stderr)
-    if errors.is_terminal:
-        if several:
-            bars = RefBars(errors)
-            return [bars.view(run.ref.model) for run in runs]
-        return [BarsView(errors, label=runs[0].ref.model)]
-    return [LogView(stderr, prefix=prefix) for prefix in prefixes]
+        errors = console(stderr)
+        if errors.is_terminal:
+            if several:
+                bars = RefBars(errors)
+                return [bars.view(run.ref.model) for run in runs]
+            return [BarsView(errors, label=runs[0].ref.model)]
+    return [LogView(stderr, prefix=f"{run.ref.model}: " if several else "") for run in runs]
 
 
 def pull(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
