@@ -1012,7 +1012,7 @@ class DownloadManager:
             if self._queue_moved:  # numbered here, a few times a second, not on every change
                 self._queue_moved = False
                 self._number_queue()
-            for job in due_for_publish(list(self.jobs.values()), now):
+            for job in due_for_publish(self.jobs.values(), now):
                 self._publish(job)
             if now - last_save >= SAVE_INTERVAL:
                 last_save = now
