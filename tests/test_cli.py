@@ -108,11 +108,12 @@ def test_quiet_prints_only_the_path(file_server, home):
 # What a plain URL's fixed cost must not include (also checked with `python -X importtime`): the
 # server, the Hub client, aiohttp, rich (no bars with --quiet), and what the download path used to
 # import for little: filelock (the engine takes the flock itself), urllib.request (proxies only
-# when one is set), uuid, the local-models listing (`_local`, `_url_folder`, `_inventory`).
+# when one is set), uuid, the local-models listing (`_local`, `_url_folder`, `_inventory`), and the
+# `crc32c` package's own start (its version read from importlib.metadata, its command line).
 HEAVY_FOR_A_URL = (
     "aiohttp", "huggingface_hub", "fastapi", "uvicorn", "starlette", "modelpull.server", "rich",
     "filelock", "urllib.request", "uuid", "modelpull.providers._local", "modelpull.providers._url_folder",
-    "modelpull._inventory",
+    "modelpull._inventory", "importlib.metadata", "crc32c._cli",
 )
 
 

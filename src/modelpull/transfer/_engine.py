@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from crc32c import crc32c
 from yarl import URL
 
 from .._errors import (
@@ -46,6 +45,7 @@ from .._errors import (
 )
 from .._plan import PlannedFile, TransferOptions, file_identity
 from .._units import format_bytes
+from ._crc import crc32c
 from ._hasher import FollowingHasher
 from ._lock import DestinationLock, default_lock_path
 from ._http import (

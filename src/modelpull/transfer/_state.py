@@ -33,7 +33,7 @@ import os
 import struct
 from pathlib import Path
 
-from crc32c import crc32c
+from ._crc import crc32c
 
 MAGIC = b"MPSTATE2"
 _PREFIX = struct.Struct("<8sII")  # magic, header_len, header crc
