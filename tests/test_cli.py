@@ -109,11 +109,12 @@ def test_quiet_prints_only_the_path(file_server, home):
 # server, the Hub client, aiohttp, rich (no bars with --quiet), and what the download path used to
 # import for little: filelock (the engine takes the flock itself), urllib.request (proxies only
 # when one is set), uuid, the local-models listing (`_local`, `_url_folder`, `_inventory`), and the
-# `crc32c` package's own start (its version read from importlib.metadata, its command line).
+# `crc32c` package's own start (its version read from importlib.metadata, its command line), and
+# yarl for a URL that needs no quoting (see tests/test_urls.py).
 HEAVY_FOR_A_URL = (
     "aiohttp", "huggingface_hub", "fastapi", "uvicorn", "starlette", "modelpull.server", "rich",
     "filelock", "urllib.request", "uuid", "modelpull.providers._local", "modelpull.providers._url_folder",
-    "modelpull._inventory", "importlib.metadata", "crc32c._cli",
+    "modelpull._inventory", "importlib.metadata", "crc32c._cli", "yarl", "multidict",
 )
 
 

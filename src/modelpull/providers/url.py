@@ -9,15 +9,13 @@ import os
 import unicodedata
 from email.message import Message
 from pathlib import Path
-from urllib.parse import unquote
-
-from yarl import URL
+from urllib.parse import unquote, urlsplit
 
 from .._errors import InvalidRequest, SourceError
 from .._paths import confined, shown_name
 from .._plan import DownloadRequest, Plan, PlannedFile
 from ..transfer import Wire, partial_paths, public_url, write_durably
-from ..transfer._http import permanent_status_error, wire_following_redirects
+from ..transfer._http import normalized_url, permanent_status_error, wire_following_redirects
 from ._base import Provider
 
 MAX_NAME_BYTES = 200
@@ -72,14 +70,15 @@ class UrlProvider(Provider):
 
 def _checked_url(text: str) -> str:
     try:
-        url = URL(text.strip())
+        url = normalized_url(text.strip())
+        parts = urlsplit(url)
     except (ValueError, TypeError):
         raise InvalidRequest(f"'{text}' is not a valid URL") from None
-    if url.scheme not in ("http", "https"):
-        raise InvalidRequest(f"unsupported URL scheme '{url.scheme or '(none)'}': use an http:// or https:// URL")
-    if not url.host:
+    if parts.scheme not in ("http", "https"):
+        raise InvalidRequest(f"unsupported URL scheme '{parts.scheme or '(none)'}': use an http:// or https:// URL")
+    if not parts.hostname:
         raise InvalidRequest(f"'{public_url(text)}' has no host name")
-    return str(url)
+    return url
 
 
 def _peek(wire: Wire, url: str, headers: dict[str, str], timeout: float) -> tuple[int | None, str | None]:
@@ -118,7 +117,7 @@ def _disposition_name(header: str | None) -> str | None:
 
 def suggest_filename(url: str) -> str:
     """The file name a URL gets when its server gives none: the last path segment, made safe."""
-    segment = URL(url).raw_path.rstrip("/").rsplit("/", 1)[-1]
+    segment = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
     return sanitize_filename(unquote(segment))
 
 

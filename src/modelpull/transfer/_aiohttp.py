@@ -134,7 +134,8 @@ async def open_following_redirects(
             return response, current
         location = response.headers.get("Location")
         response.release()
-        current, sent = next_hop(current, location, first_origin, sent)
+        target, sent = next_hop(str(current), location, first_origin, sent)
+        current = URL(target, encoded=True)
         if response.status in (301, 302, 303) and method == "POST":
             method, json = "GET", None
     raise too_many_redirects(url)

@@ -29,8 +29,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from yarl import URL
-
 from .._errors import (
     ConnectionFailed,
     DigestMismatch,
@@ -50,6 +48,8 @@ from ._hasher import FollowingHasher
 from ._lock import DestinationLock, default_lock_path
 from ._http import (
     RETRYABLE_STATUSES,
+    host_of,
+    normalized_url,
     origin,
     permanent_status_error,
     public_url,
@@ -253,9 +253,9 @@ class _FileTransfer:
         self.progress = progress
         self.part_path, self.state_path = partial_paths(file.dest)
         self.signal = AbortSignal()  # stops this transfer's threads when it is cancelled
-        self.url = URL(file.url)
+        self.url = normalized_url(file.url)
         self._expected_size = file.size if file.exact_size else None
-        self.resolved: URL | None = None  # where redirects led; reused by every piece
+        self.resolved: str | None = None  # where redirects led; reused by every piece
         self.state: PieceState | None = None
         self.fd = -1
         self.hasher: FollowingHasher | None = None
@@ -1017,19 +1017,19 @@ class _FileTransfer:
         if self.resolved is not None and origin(self.resolved) != origin(self.url):
             headers = strip_credentials(headers)
         try:
-            response = await self._in_thread(self._open, str(target), headers)
+            response = await self._in_thread(self._open, target, headers)
         except AddressRefused as exc:
             raise SourceError(str(exc), code="url_not_allowed") from None
         except (OSError, http.client.HTTPException) as exc:
             if unknown_host(exc):
-                raise unknown_host_error(URL(str(target)).host) from None
+                raise unknown_host_error(host_of(target)) from None
             raise self._retryable_from(exc) from None
         if self.resolved is not None and response.status in (401, 403, 404, 410) and target != self.url:
             # A signed CDN link may have expired: ask the origin again once.
             response.release()
             self.resolved = None
             return await self._request(byte_range, if_range)
-        self.resolved = URL(response.url)
+        self.resolved = response.url
         return response
 
     def _open(self, url: str, headers: dict[str, str]) -> WireResponse:
@@ -1059,21 +1059,21 @@ class _FileTransfer:
             delay = retry_after_seconds(response.headers)
             if status == 429:
                 error: ModelPullError = RateLimited(
-                    f"rate limited by {URL(where).host} (HTTP 429) after {self.options.max_retries} retries; "
+                    f"rate limited by {host_of(where)} (HTTP 429) after {self.options.max_retries} retries; "
                     "try again later"
                 )
             else:
                 error = ServerError(
                     f"the server failed (HTTP {status}) for {where} after {self.options.max_retries} retries"
                 )
-            reason = f"HTTP {status} from {URL(where).host}"
+            reason = f"HTTP {status} from {host_of(where)}"
             delay = None if delay is None else min(delay, MAX_RETRY_AFTER)
             return _Retryable(error, reason, delay=delay, status=status)
         return permanent_status_error(status, where, response.reason or "")
 
     def _retryable_from(self, exc: BaseException) -> _Retryable:
         stall = isinstance(exc, TimeoutError)
-        host = URL(public_url(self.resolved or self.url)).host
+        host = host_of(self.resolved or self.url)
         if stall:
             reason = f"no data from {host} for {self.options.stall_timeout:g} s"
             error: ModelPullError = ConnectionFailed(f"{reason}, after {self.options.max_retries} retries")

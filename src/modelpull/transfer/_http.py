@@ -7,11 +7,11 @@ final URL is known and reused for every piece.
 from __future__ import annotations
 
 import email.utils
+import re
 import socket
 import time
 from typing import TYPE_CHECKING, Mapping
-
-from yarl import URL
+from urllib.parse import urljoin, urlsplit
 
 from .._errors import (
     AccessDenied,
@@ -56,27 +56,78 @@ def unknown_host_error(host: str | None, what: str = "the URL") -> ConnectionFai
     )
 
 
-def public_url(url: str | URL) -> str:
+# A URL already in the form yarl would give it: lower-case http(s) scheme and host name, no user
+# info, no default or zero-padded port, only characters that need no quoting (no `%` at all), no
+# `.`/`..` segments, no empty query or fragment. Most URLs people pass are like this; for them
+# `normalized_url` skips importing yarl (10-15 ms of a plain pull's start on this project's
+# machine). tests/test_urls.py checks the shortcut against yarl.
+_PCHARS = r"A-Za-z0-9\-._~!$&'()*+,;=:@"
+_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_PLAIN = re.compile(
+    rf"(?P<scheme>https?)://{_LABEL}(?:\.{_LABEL})*(?::(?P<port>[1-9][0-9]{{0,4}}))?"
+    rf"(?:(?P<path>/[{_PCHARS}/]*)(?:\?[{_PCHARS}/?]+)?(?:#[{_PCHARS}/?]+)?)?"  # no query without a path
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalized_url(text: str) -> str:
+    """`text` as a URL in its normal, ASCII, percent-encoded form (yarl's); ValueError if it is none.
+
+    The one place a URL from outside (a user's, a redirect's Location) gets its form before the
+    wire sends it: hosts IDNA-encoded and lower-cased, characters outside URLs quoted.
+    """
+    plain = _PLAIN.fullmatch(text)
+    if plain is not None:
+        port = None if plain["port"] is None else int(plain["port"])
+        usual_port = port is None or (port != _DEFAULT_PORTS[plain["scheme"]] and port < 65536)
+        dots = any(segment in (".", "..") for segment in (plain["path"] or "").split("/"))
+        if usual_port and not dots:
+            return text
+    from yarl import URL  # the rare URL that needs quoting, IDNA or normalising
+
+    return str(URL(text))
+
+
+def host_of(url: str) -> str | None:
+    """The host name (or address, without brackets) of a URL, lower-cased."""
+    return urlsplit(str(url)).hostname
+
+
+def public_url(url: str) -> str:
     """A URL fit for messages: no query string (signed URLs and tokens live there), no user info."""
-    parsed = URL(str(url))
-    return str(parsed.with_query(None).with_fragment(None).with_user(None).with_password(None))
+    text = str(url)
+    try:
+        text = normalized_url(text)
+        scheme, netloc, path, _, _ = urlsplit(text)
+    except (ValueError, TypeError):  # not a URL: still no query, fragment or user info in a message
+        scheme, _, rest = text.rpartition("://")
+        netloc, slash, path = rest.split("?", 1)[0].split("#", 1)[0].partition("/")
+        path = slash + path
+    netloc = netloc.rpartition("@")[2]
+    return f"{scheme}://{netloc}{path}" if scheme else f"{netloc}{path}"
 
 
-def origin(url: URL) -> tuple[str, str | None, int | None]:
-    return (url.scheme, url.host, url.port)
+def origin(url: str) -> tuple[str, str | None, int | None]:
+    """(scheme, host, port): what decides whether credentials may go along."""
+    parts = urlsplit(str(url))
+    return (parts.scheme, parts.hostname, parts.port or _DEFAULT_PORTS.get(parts.scheme))
 
 
 def strip_credentials(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
 
 
-def next_hop(current: URL, location: str | None, first_origin: tuple, sent: dict[str, str]) -> tuple[URL, dict[str, str]]:
+def next_hop(current: str, location: str | None, first_origin: tuple, sent: dict[str, str]) -> tuple[str, dict[str, str]]:
     """Where a redirect leads, and the headers to send there (no credentials to another origin)."""
     if not location:
         raise SourceError(f"redirect without a Location from {public_url(current)}", code="bad_redirect")
-    target = current.join(URL(location))
-    if target.scheme not in ("http", "https"):
-        raise SourceError(f"refusing to follow a redirect to {target.scheme}:", code="bad_redirect")
+    try:
+        target = normalized_url(urljoin(str(current), location.strip()))
+    except (ValueError, TypeError):
+        raise SourceError(f"a redirect from {public_url(current)} to something that is not a URL", code="bad_redirect") from None
+    scheme = urlsplit(target).scheme
+    if scheme not in ("http", "https"):
+        raise SourceError(f"refusing to follow a redirect to {scheme}:", code="bad_redirect")
     if origin(target) != first_origin:
         sent = strip_credentials(sent)
     return target, sent
@@ -96,13 +147,13 @@ def wire_following_redirects(
     method: str = "GET",
 ) -> "WireResponse":
     """As open_following_redirects, on the blocking wire (call it in a worker thread)."""
-    current = URL(url)
+    current = str(url)
     first_origin = origin(current)
     sent = dict(headers)
     for _ in range(MAX_REDIRECTS + 1):
-        response = wire.request(method, str(current), sent, read_timeout=read_timeout, signal=signal)
+        response = wire.request(method, current, sent, read_timeout=read_timeout, signal=signal)
         if response.status not in REDIRECT_STATUSES:
-            response.url = str(current)
+            response.url = current
             return response
         location = response.headers.get("Location")
         response.drain()
@@ -132,7 +183,7 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def permanent_status_error(status: int, url: URL | str, reason: str = "") -> ModelPullError:
+def permanent_status_error(status: int, url: str, reason: str = "") -> ModelPullError:
     """The error for a status that retrying will not fix."""
     where = public_url(url)
     if status == 401:
