@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 	$(BIN)/python -m compileall -q src
 
-serve: $(STAMP)
+serve: install
 	$(BIN)/modelpull serve
 
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: install
