@@ -176,11 +176,15 @@ def test_a_closed_stream_does_not_stop_the_download(server, file_server):
 
 
 def test_the_events_feed_snapshot_then_changes(start_server, file_server, tmp_path):
-    server = start_server(retention_seconds=1.0)
+    # Retention long enough for the stream to open before the first job is pruned, even on a
+    # loaded machine; the stream is read until both the prune and the engine's load arrived
+    # (in whichever order: the load may take longer than the retention).
+    server = start_server(retention_seconds=2.0)
     first = server.submit(file_server.add_file("/e1.bin", b"1" * 1000))
     server.wait_status(first["id"], "completed")
     url = file_server.add_file("/e2.gguf", gguf_bytes(tmp_path))
     events: list[httpx_sse.ServerSentEvent] = []
+    removed = loaded = False
     with httpx.Client(base_url=server.url, timeout=30) as client:
         with httpx_sse.connect_sse(client, "GET", "/events") as source:
             for event in source.iter_sse():
@@ -188,6 +192,10 @@ def test_the_events_feed_snapshot_then_changes(start_server, file_server, tmp_pa
                 if event.event == "ready":
                     assert server.client.post("/engines", json={"engine_id": "feed", "model_path": url}).status_code == 202
                 if event.event == "job-removed" and json.loads(event.data)["id"] == first["id"]:
+                    removed = True
+                if event.event == "engine" and json.loads(event.data)["status"] == "loaded":
+                    loaded = True
+                if removed and loaded:
                     break
     kinds = [e.event for e in events]
     ready = kinds.index("ready")
