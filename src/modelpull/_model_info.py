@@ -9,18 +9,29 @@ read headers. Used by engine creation (the server) and `modelpull show`.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ._paths import is_within
 
 
 class UnsupportedModel(Exception):
     """The file is not a model an engine can be created from."""
 
 
-def inspect_model_file(path: Path) -> dict[str, Any]:
-    """Format and metadata of a model file (or a folder holding one); UnsupportedModel otherwise."""
+def inspect_model_file(path: Path, within: Sequence[Path] | None = None) -> dict[str, Any]:
+    """Format and metadata of a model file (or a folder holding one); UnsupportedModel otherwise.
+
+    `within`: the folders a model may be read from (the server's roots). A folder's files are
+    then taken only if they resolve inside one of them: a link in an allowed folder to a file
+    elsewhere is treated as absent, as the file itself would be.
+    """
     if path.is_dir():
-        candidates = sorted(path.rglob("*.gguf")) or sorted(path.rglob("*.safetensors"))
+        def readable(found: list[Path]) -> list[Path]:
+            return [p for p in sorted(found) if within is None or any(is_within(p, root) for root in within)]
+
+        candidates = readable(list(path.rglob("*.gguf"))) or readable(list(path.rglob("*.safetensors")))
         if not candidates:
             raise UnsupportedModel(f"'{path}' holds no .gguf or .safetensors file")
         if candidates[0].suffix == ".safetensors":

@@ -59,6 +59,36 @@ def test_a_symlink_in_the_models_dir_does_not_open_the_way_out(server, tmp_path_
     assert status == 400 and body["error"]["code"] == "model_path_not_allowed", body
 
 
+def test_a_folder_inside_the_models_dir_does_not_lend_its_symlinks_a_way_out(server, tmp_path_factory):
+    # The folder passes the root check; the model file in it is a link to one outside every
+    # root. It is read as if it were not there: no engine, no metadata of the outside file.
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    make_gguf(elsewhere / "outside.gguf")
+    folder = server.settings.home / "innocent"
+    folder.mkdir(parents=True)
+    os.symlink(elsewhere / "outside.gguf", folder / "model.gguf")
+
+    error = assert_error(server.client.post("/engines", json={"engine_id": "f", "model_path": str(folder)}),
+                         400, "model_path", "invalid_model_format")
+
+    assert "outside" not in json.dumps(error), error
+    assert server.client.get("/engines").json()["total_count"] == 0
+
+
+def test_a_folder_with_links_inside_the_models_dir_still_makes_an_engine(server):
+    # The Hugging Face cache's own layout: a snapshot folder of links to blobs beside it.
+    blobs = server.settings.home / "repo" / "blobs"
+    blobs.mkdir(parents=True)
+    make_gguf(blobs / "0123abcd")
+    snapshot = server.settings.home / "repo" / "snapshots" / "main"
+    snapshot.mkdir(parents=True)
+    os.symlink("../../blobs/0123abcd", snapshot / "model.gguf")
+
+    response = server.client.post("/engines", json={"engine_id": "snap", "model_path": str(snapshot)})
+
+    assert response.status_code == 201, response.text
+
+
 def test_a_file_that_is_not_a_model_never_has_its_bytes_echoed(server):
     notes = server.settings.home / "notes.txt"
     notes.parent.mkdir(parents=True, exist_ok=True)

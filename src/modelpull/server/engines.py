@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -262,12 +263,14 @@ class EngineRegistry:
         return engine is not None and engine["status"] != "failed"
 
     async def create(
-        self, request: EngineRequest, local_path: Path, download_id: str | None, *, record_failure: bool = True,
+        self, request: EngineRequest, local_path: Path, download_id: str | None, *, roots: Sequence[Path],
+        record_failure: bool = True,
     ) -> dict[str, Any]:
-        """Inspect `local_path` and register the engine. UnsupportedModel is raised, after leaving a
-        `failed` record that says why (unless `record_failure` is False: a refused request)."""
+        """Inspect `local_path` (a folder's files only where they resolve inside `roots`) and register
+        the engine. UnsupportedModel is raised, after leaving a `failed` record that says why
+        (unless `record_failure` is False: a refused request)."""
         try:
-            info = await asyncio.to_thread(inspect_model_file, local_path)
+            info = await asyncio.to_thread(inspect_model_file, local_path, roots)
         except UnsupportedModel as exc:
             if record_failure:
                 self._put(self._record(request, local_path, download_id, None, str(exc)))

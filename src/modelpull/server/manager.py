@@ -367,8 +367,7 @@ class DownloadManager:
         Outside them the answer is the same whether or not the path exists: no oracle of the disk.
         """
         path = Path(model_path).expanduser() if "\0" not in model_path else None  # relative: to the cwd
-        roots = [self.models_dir, *self.settings.local_model_roots]
-        if (path is None or not any(is_within(path, root) for root in roots)
+        if (path is None or not any(is_within(path, root) for root in self._model_roots())
                 or self._state_conflict(path, holds_tree=False)):
             raise bad_request(
                 f"Model path {shown_name(model_path)} is not inside the models directory or a local model root: "
@@ -378,6 +377,10 @@ class DownloadManager:
             raise bad_request(f"Model path '{model_path}' does not exist. Please verify the path is correct.",
                               "model_path", "model_path_not_found")
         return path
+
+    def _model_roots(self) -> list[Path]:
+        """The folders an engine may read model files from: the models dir and --local-model-root."""
+        return [self.models_dir, *self.settings.local_model_roots]
 
     async def _check_url(self, url: str, param: str, require_path: bool = True) -> None:
         try:
@@ -491,7 +494,7 @@ class DownloadManager:
 
     async def _create_engine_now(self, request: EngineRequest, path: Path, download_id: str | None) -> dict[str, Any]:
         try:
-            return await self.engines.create(request, path, download_id, record_failure=False)
+            return await self.engines.create(request, path, download_id, roots=self._model_roots(), record_failure=False)
         except UnsupportedModel as exc:
             raise bad_request(str(exc), "model_path", "invalid_model_format") from None
 
@@ -505,7 +508,7 @@ class DownloadManager:
             note = "not created: that id was taken meanwhile"
         else:
             try:
-                await self.engines.create(request, Path(local_path or ""), job.id)
+                await self.engines.create(request, Path(local_path or ""), job.id, roots=self._model_roots())
                 note = "created"
             except UnsupportedModel as exc:
                 note = f"not created: {exc}"
