@@ -482,9 +482,8 @@ class _FileTransfer:
         # (not at the end of its piece) and gives its piece back: the one connection left
         # resumes those pieces from their counters. Read by the I/O threads under self._lock.
         self._shed = False
-        self._runs: set[_Run] = set()  # what each running worker holds
-        self._in_flight: set[int] = set()  # pieces being written now (each run's current one)
-        self._leaving: set[int] = set()  # ... whose streams stopped to give them back
+        self._runs: set[_Run] = set()  # what each running worker holds; its `current` piece is being written
+        self._leaving: set[int] = set()  # current pieces whose streams stopped to give them back
         self._ramp: asyncio.Task | None = None
         first_response = probe if (probe is not None and pending[0] == 0) else None
         if probe is not None and first_response is None:
@@ -620,7 +619,6 @@ class _FileTransfer:
         run = _Run(first, end)
         with self._lock:
             self._runs.add(run)
-            self._in_flight.add(first)
         return run
 
     def _cut_runs(self) -> None:
@@ -640,7 +638,6 @@ class _FileTransfer:
         """A worker is done with `run`; with `give_back`, its unfinished pieces go back to the pool."""
         with self._lock:
             self._runs.discard(run)
-            self._in_flight.discard(run.current)
             self._leaving.discard(run.current)
             unfinished = [i for i in range(run.current, run.end) if not self._piece_complete(i)] if give_back else []
         for index in unfinished:
@@ -854,9 +851,7 @@ class _FileTransfer:
             with self._lock:
                 if index + 1 >= run.end:
                     return False
-                self._in_flight.discard(index)
                 run.current = index + 1
-                self._in_flight.add(index + 1)
 
     def _stream_into_piece(self, response: WireResponse, index: int, piece_start: int, piece_end: int | None) -> bool:
         """In an I/O thread: read the body into the piece, written each WRITE_CHUNK or WRITE_INTERVAL.
@@ -902,7 +897,7 @@ class _FileTransfer:
     def _give_back(self, index: int) -> bool:
         """Whether this stream stops now (I/O thread): every one but the front one staying does."""
         with self._lock:
-            staying = self._in_flight - self._leaving
+            staying = {run.current for run in self._runs} - self._leaving
             if not self._shed or index not in staying or index == min(staying):
                 return False
             self._leaving.add(index)
