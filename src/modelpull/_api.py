@@ -361,13 +361,13 @@ def _progress_callback(
         return progress, None
     if not progress:
         return None, None
-    from .cli import LogView, plain_log  # the CLI's views
+    from .cli import LogView, terminal_console  # the CLI's views
 
-    if plain_log(sys.stderr):
+    errors = terminal_console(sys.stderr)
+    if errors is None:
         view = LogView(sys.stderr)
     else:
-        from ._bars import BarsView, console  # rich is imported only for bars
+        from ._bars import BarsView
 
-        errors = console(sys.stderr)
-        view = BarsView(errors, label=label) if errors.is_terminal else LogView(sys.stderr)
+        view = BarsView(errors, label=label)
     return view.show, view.finish

@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TextIO
 
 from . import __version__
 from ._api import data_location, download_model
@@ -31,6 +31,9 @@ from ._errors import ModelPullError
 from ._progress import DownloadProgress, DownloadStatus
 from ._refs import Reference, parse_reference
 from ._units import format_bytes, format_seconds
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -287,6 +290,17 @@ def plain_log(stream: TextIO) -> bool:
         return True
 
 
+def terminal_console(stream: TextIO) -> Console | None:
+    """A rich Console on `stream` when it is a terminal (rich decides where FORCE_COLOR or
+    TTY_COMPATIBLE ask it to), for bars; None for plain log lines, without importing rich."""
+    if plain_log(stream):
+        return None
+    from ._bars import console  # rich costs a twentieth of a second to import
+
+    errors = console(stream)
+    return errors if errors.is_terminal else None
+
+
 class LogView(View):
     """Plain lines for a log file or a pipe: every new message, and a heartbeat while downloading."""
 
@@ -416,15 +430,14 @@ def _choose_views(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, runs
         return [JsonView(stdout, ref=run.text if several else None) for run in runs]
     if args.quiet:
         return [QuietView() for _ in runs]
-    if not plain_log(stderr):  # rich decides whether stderr is a terminal (FORCE_COLOR, TTY_COMPATIBLE)
-        from ._bars import BarsView, RefBars, console  # rich costs a twentieth of a second to import
+    errors = terminal_console(stderr)
+    if errors is not None:
+        from ._bars import BarsView, RefBars
 
-        errors = console(stderr)
-        if errors.is_terminal:
-            if several:
-                bars = RefBars(errors)
-                return [bars.view(run.ref.model) for run in runs]
-            return [BarsView(errors, label=runs[0].ref.model)]
+        if several:
+            bars = RefBars(errors)
+            return [bars.view(run.ref.model) for run in runs]
+        return [BarsView(errors, label=runs[0].ref.model)]
     return [LogView(stderr, prefix=f"{run.ref.model}: " if several else "") for run in runs]
 
 
