@@ -253,15 +253,16 @@ def issue_rows(cases: Cases, after: Modelpull, before: Modelpull | None) -> list
     rows = []
     versions = [after] if before is None else [before, after]
 
-    def ratio_row(label: str, case: Case | None, connections: int | None, peer_of: Callable[[Modelpull], Tool],
+    def ratio_row(case: Case | None, what: str, connections: int | None, peer_of: Callable[[Modelpull], Tool],
                   limit: float | None, target: str) -> None:
+        """The row `<case's title><what>`; none for a case not run (--tiny-only)."""
         if case is None:
             return
         measured = {v.label: case.paired_ratio(v.tool(connections), peer_of(v)) for v in versions}
         walls = " / ".join(wall(case, v.tool(connections)) for v in versions)
         peer = peer_of(after)
         now = measured[after.label]
-        rows.append([label, walls, f"{peer.name} {wall(case, peer)}",
+        rows.append([f"{case.title}{what}", walls, f"{peer.name} {wall(case, peer)}",
                      *([show(measured["before"])] if before else []), show(now), target, met(now, limit)])
 
     def aria2c(_: Modelpull) -> Tool:
@@ -274,15 +275,11 @@ def issue_rows(cases: Cases, after: Modelpull, before: Modelpull | None) -> list
         return version.tool(1)
 
     big, small, unthrottled = cases.throttled_big, cases.throttled_small, cases.unthrottled
-    def title(case: Case | None) -> str:
-        return "" if case is None else case.title
-
-    ratio_row(f"{title(big)}: defaults ÷ aria2c", big, None, aria2c, 1.0, "≤ 1.00×")
-    ratio_row(f"{title(small)}: defaults ÷ aria2c", small, None, aria2c, 1.2, "≤ 1.20×")
-    ratio_row(f"{title(small)}: --connections 16 ÷ aria2c", small, 16, aria2c, None, "—")
-    ratio_row(f"{title(unthrottled)}, sha256 + fsync: ÷ curl", unthrottled, None, curl, 1.55, "≤ 1.55×")
-    ratio_row(f"{title(unthrottled)}: defaults ÷ --connections 1 (the ramp's cost)", unthrottled, None,
-              one_connection, 1.03, "≤ 1.03×")
+    ratio_row(big, ": defaults ÷ aria2c", None, aria2c, 1.0, "≤ 1.00×")
+    ratio_row(small, ": defaults ÷ aria2c", None, aria2c, 1.2, "≤ 1.20×")
+    ratio_row(small, ": --connections 16 ÷ aria2c", 16, aria2c, None, "—")
+    ratio_row(unthrottled, ", sha256 + fsync: ÷ curl", None, curl, 1.55, "≤ 1.55×")
+    ratio_row(unthrottled, ": defaults ÷ --connections 1 (the ramp's cost)", None, one_connection, 1.03, "≤ 1.03×")
     tiny = cases.tiny
     fixed = {v.label: tiny.median_wall(v.tool()) for v in versions}
     now = fixed[after.label]
